@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+DEMO_DIR ?= $(CURDIR)/demo
+
+.PHONY: venv system-deps demo dev test lint bench clean
+
+$(BIN)/fleetsync: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/fleetsync
+
+# openssh-server, rsync, sqlite3 from Debian's packages where missing (root or sudo).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: venv
+	$(BIN)/fleetsync demo --dir $(DEMO_DIR)
+
+# The Dagster UI (http://127.0.0.1:3000) on the demo fleet's instance.
+dev: demo
+	FLEETSYNC_FLEET=$(DEMO_DIR)/fleet.yaml $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: venv system-deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: venv
+	$(BIN)/python bench/bench_merge.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	find dagster_home -mindepth 1 -not -name 'dagster.yaml' -not -path '*/postgres*' -delete

@@ -1,0 +1,469 @@
+"""The catalog: fleetsync's own record of artifacts, replicas, nodes, transfers, leases.
+
+Every mover writes it; every decision (replica counts, what is at risk, what may be
+deleted, is a node idle) reads only it. Artifacts are keyed by content SHA-256, never
+by path. SQLAlchemy Core, so the same code runs on the default SQLite file and on
+PostgreSQL (`FLEETSYNC_CATALOG_URL`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import Field
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("roles", sa.String(256), nullable=False),  # comma-separated
+    sa.Column("durable", sa.Boolean, nullable=False),
+    sa.Column("ephemeral", sa.Boolean, nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # active | retired
+    sa.Column("reachable", sa.Boolean),
+    sa.Column("last_probe_at", sa.Float),
+    sa.Column("disk_total_bytes", sa.BigInteger),
+    sa.Column("disk_free_bytes", sa.BigInteger),
+    sa.Column("gpu_util_percent", sa.Float),
+    sa.Column("probe_error", sa.Text),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("config", sa.String(32), index=True),  # None: mixed-config (selfplay.db)
+    sa.Column("name", sa.String(512), nullable=False),  # logical name, e.g. selfplay.db
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("origin_node", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("artifacts.sha256"), primary_key=True),
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("verified_at", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # verified | staging
+)
+
+transfers = sa.Table(
+    "transfers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("target", sa.String(128), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # ok | failed
+    sa.Column("error", sa.Text),
+    sa.Column("finished_at", sa.Float, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+# The last consistent snapshot taken of a live DB on a node, and the file state it saw.
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("fingerprint", sa.String(256), nullable=False),
+    sa.Column("snapshot_sha256", sa.String(64), nullable=False),
+    sa.Column("snapshotted_at", sa.Float, nullable=False),
+)
+
+# Which game snapshots have been merged into a config's canonical DB.
+merges = sa.Table(
+    "merges",
+    metadata,
+    sa.Column("config", sa.String(32), primary_key=True),
+    sa.Column("snapshot_sha256", sa.String(64), primary_key=True),
+    sa.Column("merged_at", sa.Float, nullable=False),
+    sa.Column("stats_json", sa.Text, nullable=False),
+)
+
+# Named pointers at an artifact: the current canonical DB of a config, the promoted model.
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("config", sa.String(32), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+class LeaseHeld(RuntimeError):
+    """Another holder owns the lease; the message names it."""
+
+
+def default_catalog_url() -> str:
+    """`FLEETSYNC_CATALOG_URL`, else a SQLite file under `$DAGSTER_HOME/fleetsync/`."""
+    if url := os.environ.get("FLEETSYNC_CATALOG_URL"):
+        return url
+    home = Path(os.environ.get("DAGSTER_HOME", "./dagster_home")).expanduser().resolve()
+    (home / "fleetsync").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'fleetsync' / 'catalog.db'}"
+
+
+@cache
+def _engine(url: str) -> sa.Engine:
+    """One engine (pool) per URL per process; resources are rebuilt every run."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL: sensors read while runs write; busy_timeout: writers queue, never fail fast.
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Catalog(dg.ConfigurableResource):
+    """The catalog DB; usable as a Dagster resource and as a plain object."""
+
+    url: str = Field(default_factory=default_catalog_url)
+
+    @property
+    def engine(self) -> sa.Engine:
+        engine = _engine(self.url)
+        _migrate(engine)
+        return engine
+
+    # --- nodes -------------------------------------------------------------------
+
+    def sync_nodes(self, fleet_nodes: Sequence[Any]) -> None:
+        """Upsert inventory nodes as active; nodes no longer listed become retired."""
+        names = {n.name for n in fleet_nodes}
+        with self.engine.begin() as conn:
+            known = {r.name for r in conn.execute(sa.select(nodes.c.name))}
+            for n in fleet_nodes:
+                values = {
+                    "roles": ",".join(n.roles),
+                    "durable": n.durable,
+                    "ephemeral": n.ephemeral,
+                    "provider": n.provider.kind,
+                    "state": "active",
+                }
+                if n.name in known:
+                    conn.execute(nodes.update().where(nodes.c.name == n.name).values(values))
+                else:
+                    conn.execute(nodes.insert().values(name=n.name, **values))
+            if known - names:
+                conn.execute(
+                    nodes.update().where(nodes.c.name.in_(known - names)).values(state="retired")
+                )
+
+    def record_probe(
+        self,
+        node: str,
+        *,
+        reachable: bool,
+        disk_total_bytes: int | None,
+        disk_free_bytes: int | None,
+        gpu_util_percent: float | None,
+        error: str | None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                nodes.update()
+                .where(nodes.c.name == node)
+                .values(
+                    reachable=reachable,
+                    last_probe_at=_now(),
+                    disk_total_bytes=disk_total_bytes,
+                    disk_free_bytes=disk_free_bytes,
+                    gpu_util_percent=gpu_util_percent,
+                    probe_error=error,
+                )
+            )
+
+    def nodes_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(nodes), conn)
+
+    # --- artifacts and replicas --------------------------------------------------
+
+    def add_artifact(
+        self, sha256: str, *, kind: str, config: str | None, name: str, size: int, origin_node: str
+    ) -> None:
+        """Idempotent: the same content registered twice is one artifact."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(artifacts.c.sha256).where(artifacts.c.sha256 == sha256)
+            ).first()
+            if not exists:
+                conn.execute(
+                    artifacts.insert().values(
+                        sha256=sha256,
+                        kind=kind,
+                        config=config,
+                        name=name,
+                        size=size,
+                        origin_node=origin_node,
+                        created_at=_now(),
+                    )
+                )
+
+    def record_replica(
+        self, sha256: str, node: str, path: str, size: int, state: str = "verified"
+    ) -> None:
+        """Record a copy whose SHA-256 was checked at `node`; replaces any other
+        artifact previously recorded at the same (node, path), since the file was replaced."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                replicas.delete().where(
+                    (replicas.c.node == node)
+                    & (replicas.c.path == path)
+                    & (replicas.c.sha256 != sha256)
+                )
+            )
+            conn.execute(
+                replicas.delete().where(
+                    (replicas.c.sha256 == sha256)
+                    & (replicas.c.node == node)
+                    & (replicas.c.path == path)
+                )
+            )
+            conn.execute(
+                replicas.insert().values(
+                    sha256=sha256,
+                    node=node,
+                    path=path,
+                    size=size,
+                    verified_at=_now(),
+                    state=state,
+                )
+            )
+
+    def drop_replica(self, sha256: str, node: str, path: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                replicas.delete().where(
+                    (replicas.c.sha256 == sha256)
+                    & (replicas.c.node == node)
+                    & (replicas.c.path == path)
+                )
+            )
+
+    def artifacts_frame(self, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+        query = sa.select(artifacts)
+        if kinds is not None:
+            query = query.where(artifacts.c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+    def replicas_frame(self, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+        """Replicas joined with their artifact's kind, config and origin."""
+        query = sa.select(
+            replicas,
+            artifacts.c.kind,
+            artifacts.c.config,
+            artifacts.c.name,
+            artifacts.c.origin_node,
+        ).join(artifacts, artifacts.c.sha256 == replicas.c.sha256)
+        if kinds is not None:
+            query = query.where(artifacts.c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+    def record_transfer(
+        self,
+        sha256: str,
+        source: str,
+        target: str,
+        path: str,
+        *,
+        bytes_moved: int,
+        seconds: float,
+        error: str | None = None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                transfers.insert().values(
+                    sha256=sha256,
+                    source=source,
+                    target=target,
+                    path=path,
+                    bytes=bytes_moved,
+                    seconds=seconds,
+                    status="failed" if error else "ok",
+                    error=error,
+                    finished_at=_now(),
+                )
+            )
+
+    def transfers_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(transfers), conn)
+
+    # --- live sources, merges, aliases -------------------------------------------
+
+    def source_state(self, node: str, path: str) -> tuple[str, str] | None:
+        """(fingerprint, snapshot_sha256) of the last snapshot of a live DB, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(sources.c.fingerprint, sources.c.snapshot_sha256).where(
+                    (sources.c.node == node) & (sources.c.path == path)
+                )
+            ).first()
+        return (row.fingerprint, row.snapshot_sha256) if row else None
+
+    def set_source_state(self, node: str, path: str, fingerprint: str, sha256: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sources.delete().where((sources.c.node == node) & (sources.c.path == path))
+            )
+            conn.execute(
+                sources.insert().values(
+                    node=node,
+                    path=path,
+                    fingerprint=fingerprint,
+                    snapshot_sha256=sha256,
+                    snapshotted_at=_now(),
+                )
+            )
+
+    def merged_snapshots(self, config: str) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(merges.c.snapshot_sha256).where(merges.c.config == config)
+            )
+            return {r.snapshot_sha256 for r in rows}
+
+    def record_merge(self, config: str, snapshot_sha256: str, stats: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                merges.insert().values(
+                    config=config,
+                    snapshot_sha256=snapshot_sha256,
+                    merged_at=_now(),
+                    stats_json=json.dumps(stats, sort_keys=True),
+                )
+            )
+
+    def merge_log(self) -> list[tuple[str, str]]:
+        """(config, stats_json) of every merge recorded."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(merges.c.config, merges.c.stats_json))
+            return [(r.config, r.stats_json) for r in rows]
+
+    def alias(self, kind: str, config: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(aliases.c.sha256).where(
+                    (aliases.c.kind == kind) & (aliases.c.config == config)
+                )
+            ).scalar()
+
+    def set_alias(self, kind: str, config: str, sha256: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                aliases.delete().where((aliases.c.kind == kind) & (aliases.c.config == config))
+            )
+            conn.execute(
+                aliases.insert().values(kind=kind, config=config, sha256=sha256, updated_at=_now())
+            )
+
+    # --- leases ------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, name: str, ttl_seconds: float = 3600) -> Iterator[str]:
+        """Exclusive lease on `name` across processes and hosts sharing this catalog.
+
+        Expiry only lets a crashed holder's lease be taken over; it never makes a
+        waiter proceed while the holder is alive (LESSONS 8)."""
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                leases.delete().where((leases.c.name == name) & (leases.c.expires_at < now))
+            )
+            try:
+                conn.execute(
+                    leases.insert().values(name=name, holder=holder, expires_at=now + ttl_seconds)
+                )
+            except sa.exc.IntegrityError:
+                current = None
+            else:
+                current = holder
+        if current is None:
+            with self.engine.connect() as conn:
+                owner = conn.execute(
+                    sa.select(leases.c.holder).where(leases.c.name == name)
+                ).scalar()
+            raise LeaseHeld(f"lease {name!r} is held by {owner}")
+        try:
+            yield holder
+        finally:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    leases.delete().where((leases.c.name == name) & (leases.c.holder == holder))
+                )
+
+
+def _migrate(engine: sa.Engine) -> None:
+    """Create the schema and record its version; refuse a catalog newer than this code."""
+    if engine.url.render_as_string() in _migrated:
+        return
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+        if current is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=_now()))
+        elif current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"catalog schema version {current} is newer than this fleetsync "
+                f"({SCHEMA_VERSION}); upgrade fleetsync"
+            )
+    _migrated.add(engine.url.render_as_string())
+
+
+_migrated: set[str] = set()

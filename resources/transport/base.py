@@ -1,0 +1,110 @@
+"""The one interface every way of moving bytes implements.
+
+Paths are always relative to a node's `data_root`, POSIX-style (`games/selfplay.db`).
+Nothing half-copied is ever visible under its final name: every write goes to a
+temporary name in the target directory, is verified (size + SHA-256 at the target),
+then renamed atomically.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resources.inventory import Node
+
+
+class TransferError(RuntimeError):
+    """A transfer or remote operation failed; the message names node, file and step."""
+
+
+class ChecksumMismatch(TransferError):
+    """The bytes at the target do not hash to what the source promised."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file on a node: path relative to the data root."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory listing: the files, and names refused as unsafe (never acted upon)."""
+
+    files: list[RemoteFile]
+    rejected: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What one verified copy moved; bytes_moved is 0 when the target already had it."""
+
+    path: str
+    sha256: str
+    size: int
+    bytes_moved: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class NodeProbe:
+    """What a probe saw; None means unknown (and unknown is never idle)."""
+
+    reachable: bool
+    disk_total_bytes: int | None = None
+    disk_free_bytes: int | None = None
+    gpu_util_percent: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Transport(abc.ABC):
+    """Operations on nodes; every path argument is relative to the node's data root."""
+
+    @abc.abstractmethod
+    def list(self, node: Node, subdir: str) -> Listing:
+        """Files below `subdir` (recursive), temp/partial files left out, in one round trip."""
+
+    @abc.abstractmethod
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
+        """The file, or None when absent."""
+
+    @abc.abstractmethod
+    def sha256(self, node: Node, path: str) -> str:
+        """SHA-256 of the file, computed on the node itself."""
+
+    @abc.abstractmethod
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
+        """Consistent snapshot of a (possibly live, WAL) SQLite DB to `dest` on the same node."""
+
+    @abc.abstractmethod
+    def copy_between(
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
+    ) -> CopyResult:
+        """Copy src_path on src to dst_path on dst: temp name, verify sha256 at dst, rename."""
+
+    @abc.abstractmethod
+    def remove(self, node: Node, path: str) -> None:
+        """Remove one file (used for fleetsync's own staging files only)."""
+
+    @abc.abstractmethod
+    def probe(self, node: Node) -> NodeProbe:
+        """Reachability, disk and GPU use of the node."""
+
+    @abc.abstractmethod
+    def exec(
+        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+    ) -> ExecResult:
+        """Run argv on the node with the data root as working directory."""

@@ -1,0 +1,396 @@
+"""LocalTransport: nodes that are directories on this machine (demo, tests, NFS storage).
+
+Same guarantees as the remote transports: names are validated before use,
+nothing is followed out of the data root, every write is staged under a temp
+name in the target directory, verified by SHA-256 and renamed atomically, and
+nothing is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import stat as stat_mod
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import quote
+
+from resources.transport.base import (
+    ChecksumMismatch,
+    CopyResult,
+    ExecResult,
+    Listing,
+    NodeProbe,
+    RemoteFile,
+    TransferError,
+    Transport,
+)
+from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
+
+if TYPE_CHECKING:
+    from resources.inventory import Node
+
+CHUNK_BYTES = 1 << 20
+QUICK_CHECK_ABOVE_BYTES = 100 * 1024 * 1024
+"""DATA.md: `quick_check` above ~100 MB (integrity_check is O(n log n) on 50 GB DBs)."""
+SQLITE_BUSY_TIMEOUT_S = 30.0
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a local file, streamed in 1 MiB blocks (multi-GB files, bounded RSS)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _where(node: Node, path: str, step: str) -> str:
+    """The `node:file: step` prefix every error message starts with."""
+    return f"node {node.name!r}: {path!r}: {step}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: fsync the directory entry, not just the file."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Remove a staging file on the way out of a failed step; absence is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class _Throttle:
+    """Pace a byte stream to `bytes_per_s` (a token bucket holding one chunk)."""
+
+    def __init__(self, bytes_per_s: float | None) -> None:
+        self.rate = bytes_per_s
+        self.start = time.monotonic()
+        self.sent = 0
+
+    @property
+    def chunk(self) -> int:
+        """Chunk size: 1 MiB, smaller for slow links so pacing stays smooth."""
+        if self.rate is None:
+            return CHUNK_BYTES
+        return max(4096, min(CHUNK_BYTES, int(self.rate / 10)))
+
+    def account(self, n: int) -> None:
+        self.sent += n
+        if self.rate is not None:
+            ahead = self.sent / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _link_rate(src: Node, dst: Node) -> float | None:
+    """Bytes/s allowed between two nodes: the slower configured link, or unlimited."""
+    limits = [n.bandwidth_mbps for n in (src, dst) if n.bandwidth_mbps is not None]
+    return min(limits) * 1e6 / 8 if limits else None
+
+
+class LocalTransport(Transport):
+    """Transport for nodes whose `data_root` is a directory on this machine."""
+
+    # ---- path resolution -------------------------------------------------------
+
+    @staticmethod
+    def _root(node: Node, step: str) -> Path:
+        """The node's data root, fully resolved; a missing root is an unreachable node."""
+        root = Path(os.path.realpath(node.data_root))
+        if not root.is_dir():
+            raise TransferError(
+                f"{_where(node, node.data_root, step)}: data root is not a directory"
+            )
+        return root
+
+    def _resolve(self, node: Node, path: str, step: str, *, follow: bool) -> tuple[str, Path]:
+        """Validate `path` and map it under the data root; refuse anything that escapes.
+
+        follow=True resolves the file itself (reads follow an in-root symlink);
+        follow=False resolves only the parent (writes and removals act on the name).
+        """
+        try:
+            rel = safe_relpath(path)
+        except UnsafePathError as e:
+            raise UnsafePathError(f"{_where(node, path, step)}: {e}") from None
+        root = self._root(node, step)
+        target = root / rel
+        checked = Path(os.path.realpath(target if follow else target.parent))
+        if checked != root and root not in checked.parents:
+            raise UnsafePathError(f"{_where(node, rel, step)}: resolves outside the data root")
+        return rel, checked if follow else target
+
+    # ---- reading ---------------------------------------------------------------
+
+    def list(self, node: Node, subdir: str) -> Listing:
+        """Recursive listing; unsafe names and symlinks leaving the root go to `rejected`."""
+        root = self._root(node, "list")
+        if subdir in ("", "."):
+            start_rel, start = "", root
+        else:
+            start_rel, start = self._resolve(node, subdir, "list", follow=True)
+            if not start.exists():
+                return Listing(files=[])
+            if not start.is_dir():
+                raise TransferError(f"{_where(node, start_rel, 'list')}: not a directory")
+        files: list[RemoteFile] = []
+        rejected: list[str] = []
+        pending = [(start_rel, start)]
+        while pending:
+            rel_dir, directory = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue  # removed while we walked
+            except OSError as e:
+                raise TransferError(f"{_where(node, rel_dir or '.', 'list')}: {e}") from e
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    safe_relpath(rel)
+                except UnsafePathError:
+                    rejected.append(rel)
+                    continue
+                if is_ignored(rel):
+                    continue
+                try:
+                    if entry.is_symlink():
+                        found = self._symlinked_file(root, rel, Path(entry.path))
+                        if found is None:
+                            rejected.append(rel)
+                        else:
+                            files.append(found)
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append((rel, Path(entry.path)))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        files.append(RemoteFile(rel, st.st_size, st.st_mtime_ns))
+                    else:
+                        rejected.append(rel)  # FIFO, socket, device: reading could hang
+                except FileNotFoundError:
+                    continue  # temp files come and go on live nodes
+        files.sort(key=lambda f: f.path)
+        rejected.sort()
+        return Listing(files=files, rejected=rejected)
+
+    @staticmethod
+    def _symlinked_file(root: Path, rel: str, link: Path) -> RemoteFile | None:
+        """A symlink counts as a file only if it resolves to a regular file inside the root."""
+        target = Path(os.path.realpath(link))
+        if root not in target.parents:
+            return None
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        return RemoteFile(rel, st.st_size, st.st_mtime_ns)
+
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
+        """The file (symlinks inside the root followed), or None when absent."""
+        rel, target = self._resolve(node, path, "stat", follow=True)
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise TransferError(f"{_where(node, rel, 'stat')}: {e}") from e
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise TransferError(f"{_where(node, rel, 'stat')}: not a regular file")
+        return RemoteFile(rel, st.st_size, st.st_mtime_ns)
+
+    def sha256(self, node: Node, path: str) -> str:
+        """SHA-256 of the file, streamed."""
+        rel, target = self._resolve(node, path, "sha256", follow=True)
+        try:
+            return sha256_file(target)
+        except OSError as e:
+            raise TransferError(f"{_where(node, rel, 'sha256')}: {e}") from e
+
+    # ---- writing ---------------------------------------------------------------
+
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
+        """Consistent single-file snapshot of a live (WAL) SQLite DB, published atomically.
+
+        Reads through the backup API on a read-only connection, so the source's
+        WAL is never checkpointed or deleted and writers keep going. SQLite may
+        create an empty `-wal`/`-shm` beside a quiescent WAL DB to take its read
+        lock; the `.db` itself is never modified.
+        """
+        rel, source = self._resolve(node, path, "snapshot", follow=True)
+        dest_rel, final = self._resolve(node, dest, "snapshot", follow=False)
+        if not source.is_file():
+            raise TransferError(f"{_where(node, rel, 'snapshot')}: no such database file")
+        if Path(os.path.realpath(final)) == source:
+            raise TransferError(f"{_where(node, dest_rel, 'snapshot')}: dest is the source")
+        staging = final.parent / Path(staging_name(dest_rel)).name
+        step = "snapshot: open source"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            src_conn = sqlite3.connect(
+                f"file:{quote(str(source))}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S
+            )
+            try:
+                dst_conn = sqlite3.connect(
+                    staging, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S
+                )
+                try:
+                    step = "snapshot: backup"
+                    src_conn.backup(dst_conn)  # one step: one read transaction, consistent
+                    step = "snapshot: journal_mode=DELETE"
+                    (mode,) = dst_conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+                    if mode != "delete":
+                        raise sqlite3.DatabaseError(f"journal_mode stayed {mode!r}")
+                    size = staging.stat().st_size
+                    check = "quick_check" if size > QUICK_CHECK_ABOVE_BYTES else "integrity_check"
+                    step = f"snapshot: {check}"
+                    problems = [row[0] for row in dst_conn.execute(f"PRAGMA {check}")]
+                    if problems != ["ok"]:
+                        summary = " ".join("; ".join(problems).split())
+                        raise sqlite3.DatabaseError(summary[:500])
+                finally:
+                    dst_conn.close()
+            finally:
+                src_conn.close()
+            step = "snapshot: publish"
+            with open(staging, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(staging, final)
+            _fsync_dir(final.parent)
+        except (sqlite3.Error, OSError) as e:
+            _discard(staging)
+            raise TransferError(f"{_where(node, rel, step)} (to {dest_rel!r}): {e}") from e
+        except BaseException:
+            _discard(staging)
+            raise
+        st = final.stat()
+        return RemoteFile(dest_rel, st.st_size, st.st_mtime_ns)
+
+    def copy_between(
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
+    ) -> CopyResult:
+        """Verified, atomic, streaming copy; a no-op when dst already has these bytes."""
+        expected = sha256.lower()
+        if not _SHA256_HEX.match(expected):
+            raise ValueError(f"{_where(src, src_path, 'copy')}: not a SHA-256 hex digest")
+        started = time.monotonic()
+        src_rel, source = self._resolve(src, src_path, "copy: read source", follow=True)
+        dst_rel, final = self._resolve(dst, dst_path, "copy: target", follow=False)
+        what = f"copy {src.name}:{src_rel!r} -> {dst.name}:{dst_rel!r}"
+        try:
+            size = source.stat().st_size
+        except OSError as e:
+            raise TransferError(f"{_where(src, src_rel, 'copy: stat source')}: {e}") from e
+        if self._has_copy(dst, dst_rel, final, size, expected):
+            return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
+
+        staging = final.parent / Path(staging_name(dst_rel)).name
+        step = "copy: stream"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as reader, open(staging, "xb") as writer:
+                self._stream(reader, writer, _Throttle(_link_rate(src, dst)))
+                writer.flush()
+                os.fsync(writer.fileno())
+            step = "copy: verify at target"
+            got = sha256_file(staging)
+            if got != expected:
+                raise ChecksumMismatch(
+                    f"{what}: {step}: sha256 at target {got} != expected {expected}"
+                )
+            step = "copy: publish"
+            moved = staging.stat().st_size
+            os.replace(staging, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            _discard(staging)
+            raise TransferError(f"{what}: {step}: {e}") from e
+        except BaseException:
+            _discard(staging)
+            raise
+        return CopyResult(dst_rel, expected, moved, moved, time.monotonic() - started)
+
+    @staticmethod
+    def _has_copy(node: Node, rel: str, final: Path, size: int, expected: str) -> bool:
+        """Cheap idempotency check: compare size first, hash only when sizes agree."""
+        try:
+            st = final.stat()
+            return (
+                stat_mod.S_ISREG(st.st_mode)
+                and st.st_size == size
+                and sha256_file(final) == expected
+            )
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise TransferError(f"{_where(node, rel, 'copy: check target')}: {e}") from e
+
+    @staticmethod
+    def _stream(reader: BinaryIO, writer: BinaryIO, throttle: _Throttle) -> None:
+        """Copy in bounded chunks, paced by the throttle."""
+        while block := reader.read(throttle.chunk):
+            writer.write(block)
+            throttle.account(len(block))
+
+    def remove(self, node: Node, path: str) -> None:
+        """Unlink one file inside the data root (a symlink itself, never its target)."""
+        rel, target = self._resolve(node, path, "remove", follow=False)
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return  # already gone: removal is idempotent for retries
+        except OSError as e:
+            raise TransferError(f"{_where(node, rel, 'remove')}: {e}") from e
+
+    # ---- node ------------------------------------------------------------------
+
+    def probe(self, node: Node) -> NodeProbe:
+        """Reachable means the data root exists; GPU use is unknown for a directory."""
+        try:
+            usage = shutil.disk_usage(self._root(node, "probe"))
+        except (TransferError, OSError) as e:
+            return NodeProbe(reachable=False, error=str(e))
+        return NodeProbe(reachable=True, disk_total_bytes=usage.total, disk_free_bytes=usage.free)
+
+    def exec(
+        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+    ) -> ExecResult:
+        """Run argv (no shell) in the data root; on timeout kill its whole process group."""
+        if not argv:
+            raise ValueError(f"node {node.name!r}: exec: empty argv")
+        root = self._root(node, "exec")
+        where = _where(node, argv[0], "exec")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=root,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise TransferError(f"{where}: {e}") from e
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TransferError(f"{where}: timed out after {timeout:g} s") from None
+        return ExecResult(proc.returncode, out, err)

@@ -1,0 +1,1 @@
+"""fleetsync: a Dagster code location that keeps a self-play fleet's data where it must be."""

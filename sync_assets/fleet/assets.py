@@ -1,0 +1,53 @@
+"""`fleet/node_status` [node]: probe a node and record what was seen in the catalog."""
+
+
+import dagster as dg
+
+from resources.catalog import Catalog
+from resources.inventory import FleetInventory
+from resources.transport import Transports
+from sync_assets.partitions import nodes_partitions
+from sync_assets.retries import NETWORK_RETRY
+
+GIB = 1024**3
+
+
+@dg.asset(
+    key=["fleet", "node_status"],
+    partitions_def=nodes_partitions,
+    group_name="fleet",
+    kinds={"ssh"},
+    retry_policy=NETWORK_RETRY,
+    description="Probe: reachable, disk, GPU utilisation. Unknown is recorded as unknown.",
+)
+def node_status(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    node = fleet.node(context.partition_key)
+    catalog.sync_nodes(fleet.nodes)
+    probe = transports.for_node(node).probe(node)
+    catalog.record_probe(
+        node.name,
+        reachable=probe.reachable,
+        disk_total_bytes=probe.disk_total_bytes,
+        disk_free_bytes=probe.disk_free_bytes,
+        gpu_util_percent=probe.gpu_util_percent,
+        error=probe.error,
+    )
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "reachable": probe.reachable,
+        "gpu_util_percent": (
+            probe.gpu_util_percent if probe.gpu_util_percent is not None else "unknown"
+        ),
+    }
+    if probe.disk_total_bytes and probe.disk_free_bytes is not None:
+        used = probe.disk_total_bytes - probe.disk_free_bytes
+        metadata["disk_used_fraction"] = round(used / probe.disk_total_bytes, 4)
+        metadata["disk_free_gb"] = round(probe.disk_free_bytes / GIB, 2)
+    if probe.error:
+        metadata["error"] = probe.error
+    return dg.MaterializeResult(metadata=metadata)

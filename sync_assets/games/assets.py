@@ -1,0 +1,115 @@
+"""`games/selfplay` [node] and `games/canonical` [config]: thin wrappers over collect/merge."""
+
+
+import dagster as dg
+import pandas as pd
+
+from resources.catalog import Catalog
+from resources.inventory import FleetInventory
+from resources.transport import Transports
+from sync_assets.games.canonical import merge_canonical
+from sync_assets.games.collect import collect_node_games
+from sync_assets.metadata import raise_on_failures, table, transfer_metadata
+from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.retries import NETWORK_RETRY
+
+SELFPLAY = dg.AssetKey(["games", "selfplay"])
+CANONICAL = dg.AssetKey(["games", "canonical"])
+
+
+@dg.asset(
+    key=SELFPLAY,
+    partitions_def=nodes_partitions,
+    group_name="games",
+    kinds={"sqlite"},
+    retry_policy=NETWORK_RETRY,
+    pool="transfers",
+    description="Games produced on the node, snapshotted consistently and collected to "
+    "≥ policy.min_replicas.games verified copies on distinct durable nodes.",
+    check_specs=[dg.AssetCheckSpec("durable_copies", asset=SELFPLAY)],
+)
+def games_selfplay(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    node = fleet.node(context.partition_key)
+    collected = collect_node_games(node, fleet, catalog, transports)
+    raise_on_failures(collected.replication, f"node {node.name}: collecting games")
+    copies = pd.DataFrame(
+        sorted(collected.durable_copies.items()), columns=["snapshot", "durable_copies"]
+    )
+    wanted = fleet.policy.min_replicas.games
+    return dg.MaterializeResult(
+        metadata={
+            "game_dbs": collected.databases,
+            "snapshots_taken": collected.snapshots_taken,
+            "unchanged_dbs": collected.unchanged,
+            "skipped": dg.MetadataValue.json(collected.skipped),
+            "unsafe_names_rejected": dg.MetadataValue.json(collected.rejected_names),
+            "replicas": table(copies),
+            **transfer_metadata(collected.replication),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="durable_copies",
+                passed=not collected.under_replicated,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "required": wanted,
+                    "under_replicated": dg.MetadataValue.json(collected.under_replicated),
+                },
+            )
+        ],
+    )
+
+
+@dg.asset(
+    key=CANONICAL,
+    partitions_def=configs_partitions,
+    deps=[dg.AssetDep(SELFPLAY, partition_mapping=dg.AllPartitionMapping())],
+    group_name="games",
+    kinds={"sqlite"},
+    retry_policy=NETWORK_RETRY,
+    pool="canonical_merge",
+    description="Merged corpus per config on a durable node, dedup by game_id plus a move "
+    "fingerprint for non-unique ids, complete games only; replicated to durable nodes.",
+    check_specs=[dg.AssetCheckSpec("durable_copies", asset=CANONICAL)],
+)
+def games_canonical(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    config = context.partition_key
+    merged = merge_canonical(config, fleet, catalog, transports)
+    moved = merged.moved
+    raise_on_failures(moved, f"config {config}: replicating canonical DB")
+    totals = merged.totals
+    wanted = fleet.policy.min_replicas.games
+    return dg.MaterializeResult(
+        metadata={
+            "primary_node": merged.primary or "none",
+            "snapshots_merged": merged.snapshots_merged,
+            "games_added": totals.get("added", 0),
+            "duplicates": totals.get("duplicates", 0),
+            "collisions_kept": totals.get("collisions_kept", 0),
+            "rejected": dg.MetadataValue.json(totals.get("rejected", {})),
+            "canonical_sha256": merged.sha256 or "none",
+            "canonical_bytes": merged.size,
+            "durable_copies": merged.durable_copies,
+            **transfer_metadata(moved),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="durable_copies",
+                passed=merged.sha256 is None or merged.durable_copies >= wanted,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"required": wanted, "have": merged.durable_copies},
+            )
+        ],
+    )

@@ -1,0 +1,161 @@
+"""The placement planner: desired copies minus verified copies = transfers, riskiest first.
+
+Pure functions over pandas frames; no Dagster, no I/O. Everything the planner decides
+not to do is returned with a reason, so the UI can show *why* (LESSONS 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+GIB = 1024**3
+
+PLAN_COLUMNS = ["sha256", "kind", "size", "source", "target", "priority", "reason"]
+BLOCKED_COLUMNS = ["sha256", "kind", "size", "reason"]
+
+# Lower number = more urgent. Mirrors HDFS's under-replication priority queues.
+PRIORITY_ONLY_EPHEMERAL = 0  # every copy can vanish with its cloud box
+PRIORITY_SINGLE_COPY = 1
+PRIORITY_BELOW_POLICY = 2
+
+
+@dataclass(frozen=True)
+class DiskFloor:
+    """A target may take bytes only while it stays under both limits."""
+
+    max_target_use: float
+    min_free_gb: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    transfers: pd.DataFrame  # PLAN_COLUMNS, in execution order
+    blocked: pd.DataFrame  # BLOCKED_COLUMNS: deficits that could not be planned, and why
+
+
+def durable_copies(replicas: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
+    """Verified copies per artifact on distinct, active, durable nodes."""
+    durable = set(nodes.loc[nodes["durable"] & (nodes["state"] == "active"), "name"])
+    ok = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
+    return ok.groupby("sha256")["node"].nunique()
+
+
+def plan_replication(
+    artifacts: pd.DataFrame,
+    replicas: pd.DataFrame,
+    nodes: pd.DataFrame,
+    min_replicas: dict[str, int],
+    floor: DiskFloor,
+    unavailable: frozenset[str] = frozenset(),
+) -> Plan:
+    """Transfers that bring every artifact up to `min_replicas[kind]` durable copies.
+
+    artifacts: sha256, kind, size. replicas: sha256, node, state. nodes: name, durable,
+    ephemeral, state, disk_total_bytes, disk_free_bytes (NaN = never probed).
+    `unavailable`: nodes not to use (open circuit breaker, unreachable).
+    """
+    # "staging" copies (a snapshot still on its origin node) may serve as a source but
+    # never count toward policy: they are removed once the durable copies exist.
+    counted = replicas[replicas["state"] == "verified"]
+    usable = replicas[replicas["state"].isin(["verified", "staging"])]
+    holders = counted.groupby("sha256")["node"].agg(set).to_dict()
+    anywhere = usable.groupby("sha256")["node"].agg(set).to_dict()
+    node_rows = nodes.set_index("name")
+    active = node_rows[node_rows["state"] == "active"]
+    durable_active = {n for n in active.index if bool(active.at[n, "durable"])}
+    durable_targets = sorted(durable_active - unavailable)
+    ephemeral = set(active.index[active["ephemeral"].astype(bool)])
+    free = {n: _free_bytes_within_floor(active.loc[n], floor) for n in durable_targets}
+    planned_out: dict[str, int] = {}
+
+    deficits = []
+    for art in artifacts.itertuples(index=False):
+        want = min_replicas.get(art.kind, 0)
+        have_nodes = holders.get(art.sha256, set())
+        have = len(have_nodes & durable_active)
+        if have >= want:
+            continue
+        copies = have_nodes | anywhere.get(art.sha256, set())
+        if copies and copies <= ephemeral:
+            priority = PRIORITY_ONLY_EPHEMERAL
+        elif len(copies) <= 1:
+            priority = PRIORITY_SINGLE_COPY
+        else:
+            priority = PRIORITY_BELOW_POLICY
+        deficits.append((priority, -int(art.size), art, copies, have_nodes, have, want))
+    deficits.sort(key=lambda d: (d[0], d[1], d[2].sha256))
+
+    plan_rows: list[dict[str, object]] = []
+    blocked_rows: list[dict[str, object]] = []
+    for priority, _, art, copies, have_nodes, have, want in deficits:
+        missing = want - have
+        sources = sorted(n for n in copies if n in active.index and n not in unavailable)
+        if not sources:
+            reason = "no reachable copy to copy from" if copies else "no copy anywhere"
+            blocked_rows.append(_blocked(art, reason))
+            continue
+        candidates = [n for n in durable_targets if n not in have_nodes]
+        fitting = [n for n in candidates if free[n] is None or free[n] >= art.size]
+        if len(fitting) < missing:
+            full = sorted(set(candidates) - set(fitting))
+            why = f"needs {missing} more durable copies, {len(fitting)} durable node(s) have room"
+            if full:
+                why += (
+                    f"; over disk floor (max use {floor.max_target_use:.0%}, "
+                    f"min free {floor.min_free_gb:g} GB): {', '.join(full)}"
+                )
+            blocked_rows.append(_blocked(art, why))
+        # Most free space first; unknown disk (never probed) last.
+        fitting.sort(key=lambda n: (free[n] is None, -(free[n] or 0), n))
+        for target in fitting[:missing]:
+            # Fan out: the source with the fewest transfers planned so far; durable first.
+            source = min(
+                sources,
+                key=lambda n: (planned_out.get(n, 0), n in ephemeral, n),
+            )
+            planned_out[source] = planned_out.get(source, 0) + 1
+            if free[target] is not None:
+                free[target] = int(free[target]) - int(art.size)  # type: ignore[call-overload]
+            plan_rows.append(
+                {
+                    "sha256": art.sha256,
+                    "kind": art.kind,
+                    "size": int(art.size),
+                    "source": source,
+                    "target": target,
+                    "priority": priority,
+                    "reason": f"{have} of {want} durable copies",
+                }
+            )
+    return Plan(
+        transfers=pd.DataFrame(plan_rows, columns=PLAN_COLUMNS),
+        blocked=pd.DataFrame(blocked_rows, columns=BLOCKED_COLUMNS),
+    )
+
+
+def _blocked(art: object, reason: str) -> dict[str, object]:
+    return {
+        "sha256": art.sha256,  # type: ignore[attr-defined]
+        "kind": art.kind,  # type: ignore[attr-defined]
+        "size": int(art.size),  # type: ignore[attr-defined]
+        "reason": reason,
+    }
+
+
+def _free_bytes_within_floor(node: pd.Series, floor: DiskFloor) -> int | None:
+    """Bytes a target can still take under both the use ratio and the absolute floor."""
+    total, free = node.get("disk_total_bytes"), node.get("disk_free_bytes")
+    if pd.isna(total) or pd.isna(free) or not total:
+        return None
+    by_ratio = free - (1 - floor.max_target_use) * total
+    by_floor = free - floor.min_free_gb * GIB
+    return max(0, int(min(by_ratio, by_floor)))
+
+
+def bytes_at_risk(artifacts: pd.DataFrame, replicas: pd.DataFrame, nodes: pd.DataFrame) -> int:
+    """Bytes of artifacts that have no verified copy on any durable node."""
+    copies = durable_copies(replicas, nodes)
+    at_risk = artifacts[~artifacts["sha256"].isin(copies[copies > 0].index)]
+    return int(at_risk["size"].sum())

@@ -1,0 +1,114 @@
+"""The catalog on a real SQLite file: artifacts by content, replicas, leases, schema version."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+import sqlalchemy as sa
+
+from resources.catalog import Catalog, LeaseHeld
+from resources.inventory import Node
+from sensors.node_discovery import last_copy_holders, partition_changes
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Catalog:
+    return Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+def test_sqlite_catalog_uses_wal_and_records_schema_version(catalog, tmp_path):
+    catalog.nodes_frame()  # first use creates the schema
+    db = sqlite3.connect(tmp_path / "catalog.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_newer_catalog_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                             "applied_at FLOAT NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO schema_version VALUES (99, 0)"))
+    with pytest.raises(RuntimeError, match="schema version 99 is newer"):
+        Catalog(url=url).nodes_frame()
+
+
+def test_artifacts_are_keyed_by_content(catalog):
+    for _ in range(2):
+        catalog.add_artifact("ab" * 32, kind="games_snapshot", config=None, name="games/x.db",
+                             size=10, origin_node="gpu-1")
+    assert len(catalog.artifacts_frame()) == 1
+
+
+def test_replacing_a_file_replaces_its_replica(catalog):
+    for sha in ("a" * 64, "b" * 64):
+        catalog.add_artifact(sha, kind="games_canonical", config="hex8_2p",
+                             name="games/canonical_hex8_2p.db", size=1, origin_node="s")
+    catalog.record_replica("a" * 64, "store-1", "games/canonical_hex8_2p.db", 1)
+    catalog.record_replica("b" * 64, "store-1", "games/canonical_hex8_2p.db", 1)
+    reps = catalog.replicas_frame()
+    assert list(reps["sha256"]) == ["b" * 64]
+
+
+def _try_lease(url: str, name: str, queue) -> None:
+    try:
+        with Catalog(url=url).lease(name):
+            queue.put("got")
+    except LeaseHeld as exc:
+        queue.put(str(exc))
+
+
+def test_lease_excludes_another_process_and_is_released(catalog):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    with catalog.lease("games/canonical/hex8_2p") as holder:
+        p = ctx.Process(target=_try_lease, args=(catalog.url, "games/canonical/hex8_2p", queue))
+        p.start()
+        p.join(60)
+        message = queue.get(timeout=5)
+        assert "is held by" in message and holder in message
+    p = ctx.Process(target=_try_lease, args=(catalog.url, "games/canonical/hex8_2p", queue))
+    p.start()
+    p.join(60)
+    assert queue.get(timeout=5) == "got"
+
+
+def test_expired_lease_of_a_dead_holder_is_taken_over(catalog):
+    with catalog.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ('x', 'dead:1', 0)"
+        ))
+    with catalog.lease("x") as holder:
+        assert holder != "dead:1"
+
+
+def test_sync_nodes_retires_departed_nodes(catalog, tmp_path):
+    def n(name):
+        return Node(name=name, transport="local", roles=["storage"], data_root=str(tmp_path))
+
+    catalog.sync_nodes([n("a"), n("b")])
+    catalog.sync_nodes([n("a")])
+    states = catalog.nodes_frame().set_index("name")["state"].to_dict()
+    assert states == {"a": "active", "b": "retired"}
+
+
+def test_node_discovery_adds_in_batches_and_keeps_last_copy_holders():
+    to_add, to_remove = partition_changes(
+        [f"n{i:03d}" for i in range(120)] , ["gone", "holder"], {"holder"}, batch=50
+    )
+    assert to_add == [f"n{i:03d}" for i in range(50)]
+    assert to_remove == ["gone"]
+
+
+def test_last_copy_holders(catalog):
+    import pandas as pd
+
+    reps = pd.DataFrame(
+        [("a", "n1", "verified"), ("a", "n2", "verified"), ("b", "n3", "staging"),
+         ("c", "n4", "verified")],
+        columns=["sha256", "node", "state"],
+    )
+    assert last_copy_holders(reps) == {"n3", "n4"}
