@@ -9,38 +9,36 @@ from pathlib import Path
 
 import pandas as pd
 
+from sync_assets.status import FleetStatus
+
 GIB = 1024**3
 
 
-def _print_status(title: str) -> dict[str, int]:
-    """Print the catalog's view of the fleet; returns the totals for comparisons."""
+def _load_status() -> tuple[str, FleetStatus]:
     from resources.catalog import Catalog
     from resources.inventory import load_inventory
     from sync_assets.status import fleet_status
 
     fleet = load_inventory(os.environ.get("FLEETSYNC_FLEET", "fleet.yaml"))
     mins = fleet.policy.min_replicas
-    status = fleet_status(
-        Catalog(),
-        {"games_snapshot": mins.games, "games_canonical": mins.games},
-    )
+    kinds = {"games_snapshot": mins.games, "games_canonical": mins.games}
+    return fleet.fleet, fleet_status(Catalog(), kinds)
+
+
+def _print_status(fleet_name: str, status: FleetStatus) -> None:
+    def show(frame: pd.DataFrame) -> str:
+        return frame.to_string(index=False) if not frame.empty else "  none yet"
+
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(f"== {title}: fleet {fleet.fleet}")
-        print("\nGames per config (canonical):")
-        print(status.games.to_string(index=False) if not status.games.empty else "  none yet")
-        print("\nReplicas per kind:")
-        print(status.replicas.to_string(index=False) if not status.replicas.empty else "  none")
-        print("\nNodes:")
-        print(status.nodes.to_string(index=False))
+        print(f"== fleet {fleet_name}")
+        print("\nGames per config (canonical):\n" + show(status.games))
+        print("\nReplicas per kind:\n" + show(status.replicas))
+        print("\nNodes:\n" + show(status.nodes))
     print(
         f"\nData at risk (no durable copy): {status.bytes_without_durable_copy / 1e6:.1f} MB"
         f"\nBelow policy (fewer durable copies than asked): "
         f"{status.bytes_below_policy / 1e6:.1f} MB"
     )
-    return {
-        "games": int(status.games["games"].sum()) if not status.games.empty else 0,
-        "bytes_moved": status.bytes_moved,
-    }
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -55,7 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
-    _print_status("status")
+    _print_status(*_load_status())
     return 0
 
 
@@ -69,16 +67,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     fleet_file = build_demo_fleet(Path(args.dir).resolve(), args.nodes)
     os.environ["FLEETSYNC_FLEET"] = str(fleet_file)
-    before = _print_status("before") if args.verbose else None
+    _, before = _load_status()
     run_pipeline(fleet_file)
-    after = _print_status("after this pass")
-    if before is not None:
-        print(
-            f"\nThis pass: {after['games'] - before['games']} games added, "
-            f"{(after['bytes_moved'] - before['bytes_moved']) / 1e6:.1f} MB moved"
-        )
-    print(f"\nFleet: {fleet_file}\nDagster instance: {os.environ['DAGSTER_HOME']} "
-          "(`make dev` shows these runs in the UI)")
+    name, after = _load_status()
+    _print_status(name, after)
+    added = int(after.games["games"].sum()) - int(before.games["games"].sum())
+    moved = after.bytes_moved - before.bytes_moved
+    print(f"\nThis pass: {added} games added to canonical DBs, {moved / 1e6:.1f} MB moved")
+    print(
+        f"Fleet: {fleet_file}\nDagster instance: {os.environ['DAGSTER_HOME']} "
+        "(`make dev` shows these runs in the UI)"
+    )
     return 0
 
 
@@ -97,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="demo")
     demo.add_argument("--nodes", type=int, default=6)
     demo.add_argument("--ssh", action="store_true", help="real sshd nodes on loopback")
-    demo.add_argument("--verbose", action="store_true", help="also print the state before")
     demo.set_defaults(func=cmd_demo)
     return parser
 

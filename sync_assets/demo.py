@@ -15,6 +15,8 @@ import yaml
 
 DEMO_CONFIGS = ["hex8_2p", "hex8_4p", "square8_2p", "square19_3p", "hexagonal_2p"]
 GAMES_PER_NODE = 400
+# The demo prints its own summary; the per-event log stays in the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,7 @@ def build_demo_fleet(
     root.mkdir(parents=True, exist_ok=True)
     for n in nodes:
         (root / "nodes" / n.name / "games").mkdir(parents=True, exist_ok=True)
-    selfplay_roots = {
-        n.name: root / "nodes" / n.name for n in nodes if "selfplay" in n.roles
-    }
+    selfplay_roots = {n.name: root / "nodes" / n.name for n in nodes if "selfplay" in n.roles}
     seed_fleet_games(selfplay_roots, DEMO_CONFIGS, games_per_node, seed)
     # Written last: its presence means the fleet is complete.
     fleet_file.write_text(yaml.safe_dump(fleet_document(root, nodes), sort_keys=False))
@@ -108,7 +108,7 @@ def run_pipeline(fleet_file: Path) -> float:
         job_def = defs.resolve_job_def(job)
         for key in keys:
             result = job_def.execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False
+                instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET
             )
             if not result.success:
                 raise RuntimeError(f"demo run {job}[{key}] failed; see `make dev` for its logs")

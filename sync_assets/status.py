@@ -43,8 +43,10 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
     node_view = nodes.assign(disk_free_gb=(nodes["disk_free_bytes"] / 1024**3).round(1))[
         ["name", "roles", "durable", "ephemeral", "state", "reachable", "disk_free_gb"]
     ]
-    node_view = node_view.merge(held, left_on="name", right_index=True, how="left").fillna(
-        {"copies_held": 0}
+    node_view = (
+        node_view.merge(held, left_on="name", right_index=True, how="left")
+        .fillna({"copies_held": 0})
+        .astype({"copies_held": int})
     )
     transfers = catalog.transfers_frame()
     moved = int(transfers.loc[transfers["status"] == "ok", "bytes"].sum())
