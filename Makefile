@@ -36,3 +36,7 @@ bench: venv
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
 	find dagster_home -mindepth 1 -not -name 'dagster.yaml' -not -path '*/postgres*' -delete
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy sync_assets resources sensors

@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    fleet_file = build_demo_fleet(Path(args.dir).resolve(), args.nodes)
+    fleet_file = build_demo_fleet(Path(args.dir).resolve(), args.nodes, args.games)
     os.environ["FLEETSYNC_FLEET"] = str(fleet_file)
     _, before = _load_status()
     run_pipeline(fleet_file)
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build a demo fleet and run the pipeline once")
     demo.add_argument("--dir", default="demo")
     demo.add_argument("--nodes", type=int, default=6)
+    demo.add_argument("--games", type=int, default=400, help="games per self-play node")
     demo.add_argument("--ssh", action="store_true", help="real sshd nodes on loopback")
     demo.set_defaults(func=cmd_demo)
     return parser
