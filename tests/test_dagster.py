@@ -138,7 +138,8 @@ def test_full_pass_collects_merges_and_is_idempotent(fleet_env):
         for node in fleet.durable_nodes:
             assert canonical_count(node, config) == expected, (config, node.name)
         alias = catalog.alias(CANONICAL_KIND, config)
-        holders = catalog.replicas_frame([CANONICAL_KIND]).query("sha256 == @alias")
+        canon = catalog.replicas_frame([CANONICAL_KIND])
+        holders = canon[canon["sha256"] == alias]
         assert sorted(holders["node"]) == sorted(durable)
 
     moved_first = catalog.transfers_frame()["bytes"].sum()
