@@ -14,13 +14,11 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import stat as stat_mod
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import quote
 
 from resources.transport.base import (
     ChecksumMismatch,
@@ -33,14 +31,12 @@ from resources.transport.base import (
     Transport,
 )
 from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
+from resources.transport.sqlite_snapshot import SnapshotError, snapshot
 
 if TYPE_CHECKING:
     from resources.inventory import Node
 
 CHUNK_BYTES = 1 << 20
-QUICK_CHECK_ABOVE_BYTES = 100 * 1024 * 1024
-"""DATA.md: `quick_check` above ~100 MB (integrity_check is O(n log n) on 50 GB DBs)."""
-SQLITE_BUSY_TIMEOUT_S = 30.0
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -225,13 +221,7 @@ class LocalTransport(Transport):
     # ---- writing ---------------------------------------------------------------
 
     def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
-        """Consistent single-file snapshot of a live (WAL) SQLite DB, published atomically.
-
-        Reads through the backup API on a read-only connection, so the source's
-        WAL is never checkpointed or deleted and writers keep going. SQLite may
-        create an empty `-wal`/`-shm` beside a quiescent WAL DB to take its read
-        lock; the `.db` itself is never modified.
-        """
+        """Consistent single-file snapshot of a live (WAL) SQLite DB (`sqlite_snapshot.py`)."""
         rel, source = self._resolve(node, path, "snapshot", follow=True)
         dest_rel, final = self._resolve(node, dest, "snapshot", follow=False)
         if not source.is_file():
@@ -239,45 +229,12 @@ class LocalTransport(Transport):
         if Path(os.path.realpath(final)) == source:
             raise TransferError(f"{_where(node, dest_rel, 'snapshot')}: dest is the source")
         staging = final.parent / Path(staging_name(dest_rel)).name
-        step = "snapshot: open source"
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            src_conn = sqlite3.connect(
-                f"file:{quote(str(source))}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S
-            )
-            try:
-                dst_conn = sqlite3.connect(
-                    staging, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S
-                )
-                try:
-                    step = "snapshot: backup"
-                    src_conn.backup(dst_conn)  # one step: one read transaction, consistent
-                    step = "snapshot: journal_mode=DELETE"
-                    (mode,) = dst_conn.execute("PRAGMA journal_mode=DELETE").fetchone()
-                    if mode != "delete":
-                        raise sqlite3.DatabaseError(f"journal_mode stayed {mode!r}")
-                    size = staging.stat().st_size
-                    check = "quick_check" if size > QUICK_CHECK_ABOVE_BYTES else "integrity_check"
-                    step = f"snapshot: {check}"
-                    problems = [row[0] for row in dst_conn.execute(f"PRAGMA {check}")]
-                    if problems != ["ok"]:
-                        summary = " ".join("; ".join(problems).split())
-                        raise sqlite3.DatabaseError(summary[:500])
-                finally:
-                    dst_conn.close()
-            finally:
-                src_conn.close()
-            step = "snapshot: publish"
-            with open(staging, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(staging, final)
-            _fsync_dir(final.parent)
-        except (sqlite3.Error, OSError) as e:
-            _discard(staging)
-            raise TransferError(f"{_where(node, rel, step)} (to {dest_rel!r}): {e}") from e
-        except BaseException:
-            _discard(staging)
-            raise
+            snapshot(str(source), str(staging), str(final))
+        except SnapshotError as e:
+            raise TransferError(
+                f"{_where(node, rel, 'snapshot: ' + str(e))} (to {dest_rel!r})"
+            ) from e
         st = final.stat()
         return RemoteFile(dest_rel, st.st_size, st.st_mtime_ns)
 
