@@ -81,6 +81,9 @@ class Node(_Strict):
     ephemeral: bool = False
     data_root: str
     bandwidth_mbps: float | None = Field(None, gt=0)
+    # Private key *on this node* that other SSH nodes accept: lets it pull from them
+    # directly (receivers pull); without it, copies are relayed through the orchestrator.
+    pull_key: str | None = None
 
     @property
     def durable(self) -> bool:

@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from resources.inventory import Node
 from resources.transport.base import CopyResult, TransferError, Transport
 from resources.transport.local import LocalTransport
+from resources.transport.ssh import SshTransport
 
 
 class Transports(dg.ConfigurableResource):
-    """Picks the transport for a node, and routes a node-to-node copy."""
+    """Picks the transport for a node, and routes a node-to-node copy.
+
+    SSH connections are opened on first use and kept for the run (one per node)."""
+
+    connect_timeout_s: float = 15
+
+    _local: LocalTransport = PrivateAttr(default_factory=LocalTransport)
+    _ssh: SshTransport | None = PrivateAttr(default=None)
 
     def for_node(self, node: Node) -> Transport:
         if node.transport == "local":
-            return LocalTransport()
-        raise TransferError(
-            f"node {node.name}: transport {node.transport!r} is not available in this build"
-        )
+            return self._local
+        if self._ssh is None:
+            self._ssh = SshTransport(connect_timeout=self.connect_timeout_s)
+        return self._ssh
 
     def copy(self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str) -> CopyResult:
         """Copy directly between nodes of the same transport."""
         if src.transport != dst.transport:
             raise TransferError(
-                f"copy {src.name}:{src_path} → {dst.name}:{dst_path}: no route between "
-                f"{src.transport} and {dst.transport} nodes"
+                f"copy {src.name}:{src_path} → {dst.name}:{dst_path}: copies between "
+                f"{src.transport} and {dst.transport} nodes are not supported yet"
             )
         return self.for_node(src).copy_between(src, src_path, dst, dst_path, sha256)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._ssh is not None:
+            self._ssh.close()

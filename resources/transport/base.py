@@ -108,3 +108,9 @@ class Transport(abc.ABC):
         self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv on the node with the data root as working directory."""
+
+
+def link_rate(src: Node, dst: Node) -> float | None:
+    """Bytes/s allowed between two nodes: the slower configured link, or unlimited."""
+    limits = [n.bandwidth_mbps for n in (src, dst) if n.bandwidth_mbps is not None]
+    return min(limits) * 1e6 / 8 if limits else None

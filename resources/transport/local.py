@@ -29,6 +29,7 @@ from resources.transport.base import (
     RemoteFile,
     TransferError,
     Transport,
+    link_rate,
 )
 from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
 from resources.transport.sqlite_snapshot import SnapshotError, snapshot
@@ -90,12 +91,6 @@ class _Throttle:
             ahead = self.sent / self.rate - (time.monotonic() - self.start)
             if ahead > 0:
                 time.sleep(ahead)
-
-
-def _link_rate(src: Node, dst: Node) -> float | None:
-    """Bytes/s allowed between two nodes: the slower configured link, or unlimited."""
-    limits = [n.bandwidth_mbps for n in (src, dst) if n.bandwidth_mbps is not None]
-    return min(limits) * 1e6 / 8 if limits else None
 
 
 class LocalTransport(Transport):
@@ -261,7 +256,7 @@ class LocalTransport(Transport):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with open(source, "rb") as reader, open(staging, "xb") as writer:
-                self._stream(reader, writer, _Throttle(_link_rate(src, dst)))
+                self._stream(reader, writer, _Throttle(link_rate(src, dst)))
                 writer.flush()
                 os.fsync(writer.fileno())
             step = "copy: verify at target"

@@ -81,10 +81,13 @@ def is_ignored(relpath: str) -> bool:
     return leftover is not None and leftover.group(1).lower() not in _REAL_SUFFIXES
 
 
-def staging_name(final_relpath: str) -> str:
-    """A unique temp path in the same directory as `final_relpath`, so rename is atomic."""
+def staging_name(final_relpath: str, token: str | None = None) -> str:
+    """A temp path in the same directory as `final_relpath`, so rename is atomic.
+
+    Unique by default; a caller passing `token` (e.g. the content hash) gets the same
+    name on every attempt, so an interrupted transfer resumes from its partial file."""
     rel = safe_relpath(final_relpath)
     parent, name = posixpath.split(rel)
     stem = name.encode("utf-8")[:_MAX_STAGED_STEM_BYTES].decode("utf-8", "ignore")
-    staged = f"{STAGING_PREFIX}{stem}.{uuid.uuid4().hex[:12]}"
+    staged = f"{STAGING_PREFIX}{stem}.{token or uuid.uuid4().hex[:12]}"
     return posixpath.join(parent, staged) if parent else staged

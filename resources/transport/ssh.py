@@ -1,0 +1,492 @@
+"""SshTransport: nodes reached over SSH.
+
+Control (exec, listing, hashing, snapshots, probes) goes through paramiko, one
+connection per node kept alive for the run. Bulk bytes go through OpenSSH: the
+receiver pulls with `rsync` straight from the source node when it holds a key
+for its peers (`pull_key`), otherwise the orchestrator streams between two `ssh`
+processes in bounded chunks (never a whole file in memory). Either way the
+bytes land under a staging name in the target directory, the SHA-256 is
+computed on the target, and only a match is renamed into place.
+
+Host keys are pinned from the inventory; an unknown or changed key is refused.
+Every remote argument is quoted with `shlex.quote`; paths are validated by
+`safe_relpath` first and always passed as absolute paths after `--`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import posixpath
+import re
+import select
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from resources.transport import sqlite_snapshot
+from resources.transport.base import (
+    ChecksumMismatch,
+    CopyResult,
+    ExecResult,
+    Listing,
+    NodeProbe,
+    RemoteFile,
+    TransferError,
+    Transport,
+    link_rate,
+)
+from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
+
+if TYPE_CHECKING:
+    from resources.inventory import Node
+
+SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
+CHUNK_BYTES = 1 << 20
+# AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class NodeUnreachable(TransferError):
+    """Connecting to the node failed (network, auth, host key): counts toward its breaker."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class HostKeyRefused(NodeUnreachable):
+    """The node presented an unknown or different host key."""
+
+
+def _known_hosts_name(node: Node) -> str:
+    return node.host if node.port == 22 else f"[{node.host}]:{node.port}"
+
+
+def _pinned_key(node: Node) -> paramiko.PKey:
+    kind, b64 = (node.host_key or "").split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+
+
+class SshTransport(Transport):
+    """Transport for `transport: ssh` nodes. Holds its connections; `close()` ends them."""
+
+    def __init__(
+        self, connect_timeout: float = 15, keepalive_s: int = 15, workdir: Path | None = None
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.keepalive_s = keepalive_s
+        self._clients: dict[str, paramiko.SSHClient] = {}
+        self._lock = threading.Lock()
+        self._workdir = Path(workdir or tempfile.mkdtemp(prefix="fleetsync-ssh-"))
+
+    # ---- connections -----------------------------------------------------------
+
+    def _client(self, node: Node) -> paramiko.SSHClient:
+        with self._lock:
+            client = self._clients.get(node.name)
+            transport = client.get_transport() if client else None
+            if client is not None and transport is not None and transport.is_active():
+                return client
+            client = self._connect(node)
+            self._clients[node.name] = client
+            return client
+
+    def _connect(self, node: Node) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never auto-add
+        if node.host_key:
+            client.get_host_keys().add(
+                _known_hosts_name(node), node.host_key.split()[0], _pinned_key(node)
+            )
+        elif node.known_hosts:
+            client.load_host_keys(os.path.expanduser(node.known_hosts))
+        try:
+            client.connect(
+                node.host or "",
+                port=node.port,
+                username=node.user,
+                key_filename=os.path.expanduser(node.key or ""),
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                allow_agent=False,  # IdentitiesOnly: one key per node (LESSONS 11)
+                look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyRefused(
+                node.name,
+                f"node {node.name}: host key of {node.host}:{node.port} does not match the "
+                f"pinned key ({exc.key.get_name()} {exc.key.get_base64()[:24]}… presented); "
+                "refusing to connect",
+            ) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRefused(
+                    node.name,
+                    f"node {node.name}: host key of {node.host}:{node.port} is not pinned "
+                    "(unknown host keys are never accepted)",
+                ) from None
+            raise NodeUnreachable(node.name, f"node {node.name}: ssh: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise NodeUnreachable(
+                node.name, f"node {node.name}: cannot connect to {node.host}:{node.port}: {exc}"
+            ) from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(self.keepalive_s)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    # ---- remote commands -------------------------------------------------------
+
+    def _run(
+        self, node: Node, command: str, stdin: bytes | None = None, timeout: float = 600
+    ) -> ExecResult:
+        """Run a shell command line (already quoted) on the node."""
+        client = self._client(node)
+        try:
+            transport = client.get_transport()
+            if transport is None:
+                raise paramiko.SSHException("no transport")
+            channel = transport.open_session(timeout=self.connect_timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            stdout, stderr = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            # Drain stdout and stderr alike: an unread stderr would stall the channel window.
+            while True:
+                while channel.recv_ready():
+                    stdout += channel.recv(CHUNK_BYTES)
+                while channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(CHUNK_BYTES)
+                if channel.exit_status_ready() and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    channel.close()
+                    raise TimeoutError
+                select.select([channel], [], [], min(remaining, 1.0))
+            code = channel.recv_exit_status()
+            channel.close()
+        except TimeoutError as exc:
+            self._drop(node)
+            raise TransferError(f"node {node.name}: command timed out after {timeout:g} s") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._drop(node)
+            raise NodeUnreachable(
+                node.name, f"node {node.name}: ssh session failed: {exc}"
+            ) from exc
+        return ExecResult(code, bytes(stdout), bytes(stderr))
+
+    def _drop(self, node: Node) -> None:
+        with self._lock:
+            client = self._clients.pop(node.name, None)
+        if client is not None:
+            client.close()
+
+    def _abs(self, node: Node, path: str, step: str) -> tuple[str, str]:
+        """(validated relative path, absolute path on the node)."""
+        try:
+            rel = safe_relpath(path)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"node {node.name}: {path!r}: {step}: {exc}") from None
+        return rel, posixpath.join(node.data_root, rel)
+
+    def _check(self, node: Node, done: ExecResult, what: str) -> str:
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip()[-1000:]
+            raise TransferError(f"node {node.name}: {what}: exit {done.returncode}: {err}")
+        return done.stdout.decode(errors="surrogateescape")
+
+    def exec(
+        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+    ) -> ExecResult:
+        if not argv:
+            raise ValueError(f"node {node.name}: exec: empty argv")
+        command = f"cd -- {shlex.quote(node.data_root)} && {shlex.join(argv)}"
+        return self._run(node, command, stdin, timeout)
+
+    # ---- reading ---------------------------------------------------------------
+
+    def list(self, node: Node, subdir: str) -> Listing:
+        """One round trip: `find -printf` with NUL-separated fields (names may hold anything)."""
+        if subdir in ("", "."):
+            rel_dir, start = "", node.data_root
+        else:
+            rel_dir, start = self._abs(node, subdir, "list")
+        q = shlex.quote(start)
+        # type, type of target, size, mtime, link target, path below start.
+        command = (
+            f"[ -d {q} ] || exit 0; find {q} -mindepth 1 -printf '%y\\0%Y\\0%s\\0%T@\\0%l\\0%P\\0'"
+        )
+        out = self._check(node, self._run(node, command), f"list {rel_dir or '.'}")
+        fields = out.split("\0")
+        files: list[RemoteFile] = []
+        rejected: list[str] = []
+        bad_dirs: list[str] = []
+        for i in range(0, len(fields) - 5, 6):
+            kind, target_kind, size, mtime, link, name = fields[i : i + 6]
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if any(rel.startswith(d + "/") for d in bad_dirs):
+                continue
+            try:
+                safe_relpath(rel)
+            except UnsafePathError:
+                rejected.append(rel)
+                if kind == "d":
+                    bad_dirs.append(rel)
+                continue
+            if kind == "d" or is_ignored(rel):
+                continue
+            if kind == "l":
+                # Only a relative link to a regular file below its own directory.
+                try:
+                    ok = target_kind == "f" and not link.startswith("/") and safe_relpath(link)
+                except UnsafePathError:
+                    ok = False
+                if not ok:
+                    rejected.append(rel)
+                    continue
+            elif kind != "f":
+                rejected.append(rel)  # FIFO, socket, device
+                continue
+            files.append(RemoteFile(rel, int(size), _mtime_ns(mtime)))
+        files.sort(key=lambda f: f.path)
+        return Listing(files=files, rejected=sorted(rejected))
+
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
+        rel, absolute = self._abs(node, path, "stat")
+        q = shlex.quote(absolute)
+        command = f"[ -e {q} ] || exit 0; find -L {q} -maxdepth 0 -printf '%y\\0%s\\0%T@\\0'"
+        out = self._check(node, self._run(node, command), f"stat {rel}")
+        if not out:
+            return None
+        kind, size, mtime = out.split("\0")[:3]
+        if kind != "f":
+            raise TransferError(f"node {node.name}: stat {rel}: not a regular file")
+        return RemoteFile(rel, int(size), _mtime_ns(mtime))
+
+    def sha256(self, node: Node, path: str) -> str:
+        rel, absolute = self._abs(node, path, "sha256")
+        out = self._check(
+            node, self._run(node, f"sha256sum -- {shlex.quote(absolute)}"), f"sha256 {rel}"
+        )
+        digest = out[:64]
+        if not _SHA256_HEX.match(digest):
+            raise TransferError(f"node {node.name}: sha256 {rel}: unexpected output {out[:80]!r}")
+        return digest
+
+    # ---- writing ---------------------------------------------------------------
+
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
+        """Run `sqlite_snapshot.py` on the node itself: the live DB never leaves unsnapshotted."""
+        rel, source = self._abs(node, path, "snapshot")
+        dest_rel, final = self._abs(node, dest, "snapshot")
+        staging = posixpath.join(node.data_root, staging_name(dest_rel))
+        done = self._run(
+            node, shlex.join(["python3", "-", source, staging, final]), stdin=SNAPSHOT_SOURCE
+        )
+        try:
+            reply = json.loads(done.stdout)
+        except ValueError:
+            reply = {"error": done.stderr.decode(errors="replace").strip()[-1000:]}
+        if done.returncode != 0 or "size" not in reply:
+            raise TransferError(
+                f"node {node.name}: {rel!r}: snapshot: {reply.get('error')} (to {dest_rel!r})"
+            )
+        found = self.stat(node, dest_rel)
+        if found is None:
+            raise TransferError(f"node {node.name}: snapshot {dest_rel!r} vanished after publish")
+        return found
+
+    def remove(self, node: Node, path: str) -> None:
+        rel, absolute = self._abs(node, path, "remove")
+        self._check(node, self._run(node, f"rm -f -- {shlex.quote(absolute)}"), f"remove {rel}")
+
+    def probe(self, node: Node) -> NodeProbe:
+        """Disk of the data root and GPU utilisation (mean over GPUs; None without nvidia-smi)."""
+        q = shlex.quote(node.data_root)
+        command = (
+            f"df -PB1 -- {q} | tail -n 1; echo '--'; "
+            "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null"
+            " || true"
+        )
+        try:
+            out = self._check(node, self._run(node, command, timeout=30), "probe")
+        except TransferError as exc:
+            return NodeProbe(reachable=False, error=str(exc))
+        disk, _, gpus = out.partition("--")
+        cols = disk.split()
+        utils = [float(v) for v in gpus.split() if v.replace(".", "", 1).isdigit()]
+        try:
+            total, free = int(cols[1]), int(cols[3])
+        except (IndexError, ValueError):
+            return NodeProbe(reachable=True, error=f"probe: unreadable df output {disk!r}")
+        return NodeProbe(
+            reachable=True,
+            disk_total_bytes=total,
+            disk_free_bytes=free,
+            gpu_util_percent=sum(utils) / len(utils) if utils else None,
+        )
+
+    # ---- copies ----------------------------------------------------------------
+
+    def copy_between(
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
+    ) -> CopyResult:
+        """Verified, atomic copy between two SSH nodes (direct pull, or streamed relay)."""
+        expected = sha256.lower()
+        if not _SHA256_HEX.match(expected):
+            raise ValueError(f"node {src.name}: {src_path!r}: copy: not a SHA-256 hex digest")
+        started = time.monotonic()
+        src_rel, source = self._abs(src, src_path, "copy: source")
+        dst_rel, final = self._abs(dst, dst_path, "copy: target")
+        what = f"copy {src.name}:{src_rel!r} -> {dst.name}:{dst_rel!r}"
+        size = self._size_or_fail(src, src_rel, what)
+        if self._has_copy(dst, dst_rel, size, expected):
+            return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
+        # The same staging name on every attempt: rsync resumes from its partial file.
+        staging = posixpath.join(dst.data_root, staging_name(dst_rel, token=expected[:16]))
+        if dst.pull_key:
+            self._pull(src, source, dst, staging, what)
+        else:
+            self._relay(src, source, dst, staging, what)
+        self._publish(dst, staging, final, expected, what)
+        return CopyResult(dst_rel, expected, size, size, time.monotonic() - started)
+
+    def _size_or_fail(self, node: Node, rel: str, what: str) -> int:
+        found = self.stat(node, rel)
+        if found is None:
+            raise TransferError(f"{what}: source file is missing")
+        return found.size
+
+    def _has_copy(self, node: Node, rel: str, size: int, expected: str) -> bool:
+        found = self.stat(node, rel)
+        return found is not None and found.size == size and self.sha256(node, rel) == expected
+
+    def _pull(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
+        """The receiver runs rsync against the source's sshd, pinned host key, own key."""
+        known_hosts = posixpath.join(dst.data_root, ".fleetsync", f"known_hosts.{src.name}")
+        ssh = shlex.join(
+            [
+                "ssh", "-i", dst.pull_key or "", "-p", str(src.port), "-c", CIPHERS,
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", f"ConnectTimeout={int(self.connect_timeout)}",
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+            ]
+        )  # fmt: skip
+        rsync = [
+            "rsync", "--secluded-args", "--times", "--partial-dir=.rsync-partial",
+            "-e", ssh, *_bwlimit(src, dst), "--", f"{src.user}@{src.host}:{source}", staging,
+        ]  # fmt: skip
+        pin = f"{_known_hosts_name(src)} {src.host_key}\n"
+        command = (
+            f"mkdir -p -- {shlex.quote(posixpath.dirname(known_hosts))} "
+            f"{shlex.quote(posixpath.dirname(staging))} && "
+            f"printf %s {shlex.quote(pin)} > {shlex.quote(known_hosts)} && {shlex.join(rsync)}"
+        )
+        done = self._run(dst, command, timeout=24 * 3600)
+        if done.returncode != 0:
+            raise TransferError(
+                f"{what}: rsync on {dst.name} exited {done.returncode}: "
+                f"{done.stderr.decode(errors='replace').strip()[-800:]}"
+            )
+
+    def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
+        """Stream src → orchestrator → dst through two OpenSSH processes, chunk by chunk."""
+        receive = (
+            f"mkdir -p -- {shlex.quote(posixpath.dirname(staging))} && cat > {shlex.quote(staging)}"
+        )
+        reader = subprocess.Popen(
+            [*self._ssh_argv(src), f"cat -- {shlex.quote(source)}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        writer = subprocess.Popen(
+            [*self._ssh_argv(dst), receive], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert reader.stdout is not None and writer.stdin is not None
+        rate = link_rate(src, dst)
+        sent, t0 = 0, time.monotonic()
+        try:
+            while block := reader.stdout.read(CHUNK_BYTES):
+                writer.stdin.write(block)
+                sent += len(block)
+                if rate is not None:
+                    ahead = sent / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            writer.stdin.close()
+        except BrokenPipeError:
+            pass
+        finally:
+            reader_rc, writer_rc = reader.wait(), writer.wait()
+        if reader_rc or writer_rc:
+            errs = b" ".join(p.stderr.read() for p in (reader, writer) if p.stderr)
+            raise TransferError(
+                f"{what}: relay failed (read exit {reader_rc}, write exit {writer_rc}): "
+                f"{errs.decode(errors='replace').strip()[-800:]}"
+            )
+
+    def _publish(self, dst: Node, staging: str, final: str, expected: str, what: str) -> None:
+        """On the target: hash the staged bytes, rename only on a match, else remove them."""
+        s, f = shlex.quote(staging), shlex.quote(final)
+        command = (
+            f"got=$(sha256sum -- {s} | cut -c1-64) || exit 4; "
+            f'if [ "$got" != {shlex.quote(expected)} ]; then rm -f -- {s}; '
+            'echo "$got"; exit 3; fi; '
+            f"sync -- {s} 2>/dev/null; mv -f -- {s} {f} && "
+            f"sync -- {shlex.quote(posixpath.dirname(final))} 2>/dev/null; exit 0"
+        )
+        done = self._run(dst, command, timeout=3600)
+        if done.returncode == 3:
+            got = done.stdout.decode(errors="replace").strip()
+            raise ChecksumMismatch(f"{what}: verify at target: sha256 {got} != expected {expected}")
+        self._check(dst, done, f"{what}: publish")
+
+    def _ssh_argv(self, node: Node) -> list[str]:
+        """OpenSSH client for bulk streams: same pinned host key and key as paramiko."""
+        known_hosts = self._workdir / f"known_hosts.{node.name}"
+        if node.host_key:
+            known_hosts.write_text(f"{_known_hosts_name(node)} {node.host_key}\n")
+        else:
+            known_hosts = Path(os.path.expanduser(node.known_hosts or "/nonexistent"))
+        return [
+            "ssh", "-i", os.path.expanduser(node.key or ""), "-p", str(node.port),
+            "-c", CIPHERS, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", f"ConnectTimeout={int(self.connect_timeout)}",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+            f"{node.user}@{node.host}",
+        ]  # fmt: skip
+
+
+def _mtime_ns(value: str) -> int:
+    return int(Decimal(value) * 1_000_000_000)
+
+
+def _bwlimit(src: Node, dst: Node) -> list[str]:
+    rate = link_rate(src, dst)
+    return [f"--bwlimit={max(1, int(rate / 1024))}"] if rate else []
