@@ -24,6 +24,9 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from sync_assets.breaker import BreakerState, after_failure, after_success
+from sync_assets.breaker import status as breaker_status
+
 SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
@@ -127,6 +130,18 @@ aliases = sa.Table(
     sa.Column("config", sa.String(32), primary_key=True),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+# Per-node circuit breakers: they must outlive runs, so they live here (sync_assets.breaker).
+breakers = sa.Table(
+    "breakers",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("failures", sa.Float, nullable=False),
+    sa.Column("last_failure_at", sa.Float),
+    sa.Column("opened_at", sa.Float),
+    sa.Column("last_error", sa.Text),
 )
 
 
@@ -410,6 +425,51 @@ class Catalog(dg.ConfigurableResource):
             )
             conn.execute(
                 aliases.insert().values(kind=kind, config=config, sha256=sha256, updated_at=_now())
+            )
+
+    # --- circuit breakers ---------------------------------------------------------
+
+    def breaker(self, node: str) -> BreakerState:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
+        if row is None:
+            return BreakerState()
+        return BreakerState(row.failures, row.last_failure_at, row.opened_at)
+
+    def record_node_result(self, node: str, error: str | None) -> BreakerState:
+        """Feed one attempt's outcome to the node's breaker; returns the new state."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
+            state = (
+                BreakerState(row.failures, row.last_failure_at, row.opened_at)
+                if row
+                else (BreakerState())
+            )
+            new = after_failure(state, _now()) if error else after_success(state)
+            if row is not None and error is None and state == new:
+                return new
+            conn.execute(breakers.delete().where(breakers.c.node == node))
+            conn.execute(
+                breakers.insert().values(
+                    node=node,
+                    failures=new.failures,
+                    last_failure_at=new.last_failure_at,
+                    opened_at=new.opened_at,
+                    last_error=error,
+                )
+            )
+        return new
+
+    def open_breakers(self) -> frozenset[str]:
+        """Nodes whose breaker is open now (half-open ones may be tried)."""
+        now = _now()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(breakers).where(breakers.c.opened_at.is_not(None)))
+            return frozenset(
+                r.node
+                for r in rows
+                if breaker_status(BreakerState(r.failures, r.last_failure_at, r.opened_at), now)
+                == "open"
             )
 
     # --- leases ------------------------------------------------------------------

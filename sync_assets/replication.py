@@ -15,7 +15,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import CopyResult, TransferError
+from resources.transport.base import CopyResult, NodeUnreachable, TransferError
 from sync_assets.placement import DiskFloor, Plan, plan_replication
 
 
@@ -40,10 +40,10 @@ class ReplicationResult:
         self.blocked = pd.concat([self.blocked, other.blocked], ignore_index=True)
 
 
-def unavailable_nodes(nodes: pd.DataFrame) -> frozenset[str]:
-    """Nodes the last probe found unreachable: not used as source or target."""
+def unavailable_nodes(nodes: pd.DataFrame, open_breakers: frozenset[str]) -> frozenset[str]:
+    """Nodes not to use as source or target: found unreachable, or breaker open."""
     down = nodes[nodes["reachable"].eq(False)]
-    return frozenset(down["name"])
+    return frozenset(down["name"]) | open_breakers
 
 
 def copy_recorded(
@@ -60,6 +60,13 @@ def copy_recorded(
     started = time.monotonic()
     try:
         copied = transports.copy(src, src_path, dst, dst_path, sha256)
+    except NodeUnreachable as exc:
+        catalog.record_node_result(exc.node, str(exc))
+        catalog.record_transfer(
+            sha256, src.name, dst.name, dst_path,
+            bytes_moved=0, seconds=time.monotonic() - started, error=str(exc),
+        )  # fmt: skip
+        raise
     except TransferError as exc:
         catalog.record_transfer(
             sha256,
@@ -71,6 +78,8 @@ def copy_recorded(
             error=str(exc),
         )
         raise
+    for node in (src.name, dst.name):
+        catalog.record_node_result(node, None)
     catalog.record_replica(sha256, dst.name, dst_path, copied.size)
     catalog.record_transfer(
         sha256,
@@ -105,7 +114,7 @@ def replicate(
         nodes,
         min_replicas=_min_replicas_by_kind(fleet),
         floor=DiskFloor(policy.disk.max_target_use, policy.disk.min_free_gb),
-        unavailable=unavailable_nodes(nodes),
+        unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
     )
     result = ReplicationResult(blocked=plan.blocked)
     by_sha = artifacts.set_index("sha256")

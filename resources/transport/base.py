@@ -20,6 +20,14 @@ class TransferError(RuntimeError):
     """A transfer or remote operation failed; the message names node, file and step."""
 
 
+class NodeUnreachable(TransferError):
+    """Reaching the node failed (network, auth, host key): counts toward its breaker."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
 class ChecksumMismatch(TransferError):
     """The bytes at the target do not hash to what the source promised."""
 

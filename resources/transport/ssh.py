@@ -39,6 +39,7 @@ from resources.transport.base import (
     ExecResult,
     Listing,
     NodeProbe,
+    NodeUnreachable,
     RemoteFile,
     TransferError,
     Transport,
@@ -54,14 +55,6 @@ CHUNK_BYTES = 1 << 20
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-class NodeUnreachable(TransferError):
-    """Connecting to the node failed (network, auth, host key): counts toward its breaker."""
-
-    def __init__(self, node: str, message: str) -> None:
-        super().__init__(message)
-        self.node = node
 
 
 class HostKeyRefused(NodeUnreachable):

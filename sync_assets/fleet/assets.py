@@ -1,6 +1,5 @@
 """`fleet/node_status` [node]: probe a node and record what was seen in the catalog."""
 
-
 import dagster as dg
 
 from resources.catalog import Catalog
@@ -30,6 +29,7 @@ def node_status(
     node = fleet.node(context.partition_key)
     catalog.sync_nodes(fleet.nodes)
     probe = transports.for_node(node).probe(node)
+    catalog.record_node_result(node.name, None if probe.reachable else probe.error or "unreachable")
     catalog.record_probe(
         node.name,
         reachable=probe.reachable,

@@ -85,7 +85,7 @@ def _snapshot(
             size=snap.size,
             origin_node=node.name,
         )
-        catalog.record_replica(sha, node.name, staging, snap.size)
+        catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
     return sha
 
 
@@ -134,7 +134,7 @@ def collect_node_games(
         staged = replicas[
             (replicas["sha256"] == art.sha256)
             & (replicas["node"] == node.name)
-            & replicas["path"].str.startswith(STAGING_DIR + "/")
+            & (replicas["state"] == "staging")
         ]
         for path in staged["path"]:
             transport.remove(node, path)
