@@ -36,7 +36,8 @@ def after_failure(state: BreakerState, now: float) -> BreakerState:
     if state.opened_at is not None:  # a failed half-open probe: open again, fresh cooldown
         opened_at: float | None = now
     else:
-        opened_at = now if failures >= THRESHOLD else None
+        # Rounded: failures seconds apart have barely decayed and must count as whole.
+        opened_at = now if round(failures, 1) >= THRESHOLD else None
     return BreakerState(failures=failures, last_failure_at=now, opened_at=opened_at)
 
 
