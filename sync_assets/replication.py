@@ -15,7 +15,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import CopyResult, NodeUnreachable, TransferError
+from resources.transport.base import CopyItem, CopyResult, NodeUnreachable, TransferError
 from sync_assets.placement import DiskFloor, Plan, plan_replication
 
 
@@ -47,49 +47,37 @@ def unavailable_nodes(nodes: pd.DataFrame, open_breakers: frozenset[str]) -> fro
 
 
 def copy_recorded(
-    sha256: str,
     src: Node,
-    src_path: str,
     dst: Node,
-    dst_path: str,
+    items: list[CopyItem],
     catalog: Catalog,
     transports: Transports,
-) -> CopyResult:
-    """One verified copy; the replica is recorded only after the target verified it,
-    and every attempt, failed or not, lands in the transfer log."""
+) -> list[CopyResult | TransferError]:
+    """Copy a batch; each replica is recorded only after the target verified it, and
+    every attempt, failed or not, lands in the transfer log. An unreachable node fails
+    the whole batch and feeds its circuit breaker."""
     started = time.monotonic()
     try:
-        copied = transports.copy(src, src_path, dst, dst_path, sha256)
+        results = transports.copy_many(src, dst, items)
     except NodeUnreachable as exc:
         catalog.record_node_result(exc.node, str(exc))
-        catalog.record_transfer(
-            sha256, src.name, dst.name, dst_path,
-            bytes_moved=0, seconds=time.monotonic() - started, error=str(exc),
-        )  # fmt: skip
-        raise
-    except TransferError as exc:
-        catalog.record_transfer(
-            sha256,
-            src.name,
-            dst.name,
-            dst_path,
-            bytes_moved=0,
-            seconds=time.monotonic() - started,
-            error=str(exc),
-        )
-        raise
-    for node in (src.name, dst.name):
-        catalog.record_node_result(node, None)
-    catalog.record_replica(sha256, dst.name, dst_path, copied.size)
-    catalog.record_transfer(
-        sha256,
-        src.name,
-        dst.name,
-        dst_path,
-        bytes_moved=copied.bytes_moved,
-        seconds=copied.seconds,
-    )
-    return copied
+        results = [exc] * len(items)
+    else:
+        for node in (src.name, dst.name):
+            catalog.record_node_result(node, None)
+    for item, outcome in zip(items, results, strict=True):
+        if isinstance(outcome, CopyResult):
+            catalog.record_replica(item.sha256, dst.name, item.dst_path, outcome.size)
+            catalog.record_transfer(
+                item.sha256, src.name, dst.name, item.dst_path,
+                bytes_moved=outcome.bytes_moved, seconds=outcome.seconds,
+            )  # fmt: skip
+        else:
+            catalog.record_transfer(
+                item.sha256, src.name, dst.name, item.dst_path,
+                bytes_moved=0, seconds=time.monotonic() - started, error=str(outcome),
+            )  # fmt: skip
+    return results
 
 
 def replicate(
@@ -99,7 +87,9 @@ def replicate(
     transports: Transports,
     target_path: Callable[[pd.Series], str],
 ) -> ReplicationResult:
-    """Bring the given artifacts up to policy; `target_path(artifact_row)` names the copy."""
+    """Bring the given artifacts up to policy; `target_path(artifact_row)` names the copy.
+
+    Transfers go in risk order, batched per (source, target) pair."""
     wanted = set(shas)
     artifacts = catalog.artifacts_frame()
     artifacts = artifacts[artifacts["sha256"].isin(wanted)]
@@ -118,28 +108,20 @@ def replicate(
     )
     result = ReplicationResult(blocked=plan.blocked)
     by_sha = artifacts.set_index("sha256")
-    for move in plan.transfers.itertuples(index=False):
-        art = by_sha.loc[move.sha256]
-        source_path = replicas[
-            (replicas["sha256"] == move.sha256)
-            & (replicas["node"] == move.source)
-            & replicas["state"].isin(["verified", "staging"])
-        ]["path"].iloc[0]
-        dst_path = target_path(art.rename(move.sha256))
-        try:
-            copied = copy_recorded(
-                move.sha256,
-                fleet.node(move.source),
-                source_path,
-                fleet.node(move.target),
-                dst_path,
-                catalog,
-                transports,
-            )
-        except TransferError as exc:
-            result.failures.append(str(exc))
-            continue
-        result.count(copied)
+    usable = replicas[replicas["state"].isin(["verified", "staging"])]
+    source_paths = usable.drop_duplicates(["sha256", "node"]).set_index(["sha256", "node"])["path"]
+    for (source, target), moves in plan.transfers.groupby(["source", "target"], sort=False):
+        items = [
+            CopyItem(source_paths[(sha, source)], target_path(by_sha.loc[sha].rename(sha)), sha)
+            for sha in moves["sha256"]
+        ]
+        for outcome in copy_recorded(
+            fleet.node(source), fleet.node(target), items, catalog, transports
+        ):
+            if isinstance(outcome, CopyResult):
+                result.count(outcome)
+            else:
+                result.failures.append(str(outcome))
     return result
 
 

@@ -123,8 +123,9 @@ class SshdFleet:
                     err = node.process.stderr.read().decode() if node.process.stderr else ""
                     raise RuntimeError(f"sshd for {node.name} exited: {err.strip()}") from None
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd for {node.name} did not listen on "
-                                       f"{node.host}:{node.port}") from None
+                    raise RuntimeError(
+                        f"sshd for {node.name} did not listen on {node.host}:{node.port}"
+                    ) from None
                 time.sleep(0.05)
 
     def kill(self, name: str) -> None:

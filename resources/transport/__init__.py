@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from resources.inventory import Node
-from resources.transport.base import CopyResult, TransferError, Transport
+from resources.transport.base import CopyItem, CopyResult, TransferError, Transport
 from resources.transport.local import LocalTransport
 from resources.transport.ssh import SshTransport
 
@@ -28,14 +28,16 @@ class Transports(dg.ConfigurableResource):
             self._ssh = SshTransport(connect_timeout=self.connect_timeout_s)
         return self._ssh
 
-    def copy(self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str) -> CopyResult:
-        """Copy directly between nodes of the same transport."""
+    def copy_many(
+        self, src: Node, dst: Node, items: list[CopyItem]
+    ) -> list[CopyResult | TransferError]:
+        """Copy a batch directly between nodes of the same transport."""
         if src.transport != dst.transport:
             raise TransferError(
-                f"copy {src.name}:{src_path} → {dst.name}:{dst_path}: copies between "
-                f"{src.transport} and {dst.transport} nodes are not supported yet"
+                f"copy {src.name} → {dst.name}: copies between {src.transport} and "
+                f"{dst.transport} nodes are not supported yet"
             )
-        return self.for_node(src).copy_between(src, src_path, dst, dst_path, sha256)
+        return self.for_node(src).copy_many(src, dst, items)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._ssh is not None:

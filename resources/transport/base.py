@@ -61,6 +61,15 @@ class CopyResult:
 
 
 @dataclass(frozen=True)
+class CopyItem:
+    """One file of a batch copy between two nodes."""
+
+    src_path: str
+    dst_path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class NodeProbe:
     """What a probe saw; None means unknown (and unknown is never idle)."""
 
@@ -102,6 +111,25 @@ class Transport(abc.ABC):
         self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
     ) -> CopyResult:
         """Copy src_path on src to dst_path on dst: temp name, verify sha256 at dst, rename."""
+
+    def copy_many(
+        self, src: Node, dst: Node, items: list[CopyItem]
+    ) -> list[CopyResult | TransferError]:
+        """Copy a batch between two nodes; one result (or the file's error) per item.
+
+        Transports that can move a batch in one stream override this; a node that
+        cannot be reached fails the whole batch (NodeUnreachable is raised)."""
+        results: list[CopyResult | TransferError] = []
+        for item in items:
+            try:
+                results.append(
+                    self.copy_between(src, item.src_path, dst, item.dst_path, item.sha256)
+                )
+            except NodeUnreachable:
+                raise
+            except TransferError as exc:
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     def remove(self, node: Node, path: str) -> None:

@@ -16,6 +16,7 @@ Every remote argument is quoted with `shlex.quote`; paths are validated by
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import posixpath
@@ -32,9 +33,10 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from resources.transport import sqlite_snapshot
+from resources.transport import publish_batch, sqlite_snapshot
 from resources.transport.base import (
     ChecksumMismatch,
+    CopyItem,
     CopyResult,
     ExecResult,
     Listing,
@@ -45,12 +47,19 @@ from resources.transport.base import (
     Transport,
     link_rate,
 )
-from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
+from resources.transport.paths import (
+    STAGING_PREFIX,
+    UnsafePathError,
+    is_ignored,
+    safe_relpath,
+    staging_name,
+)
 
 if TYPE_CHECKING:
     from resources.inventory import Node
 
 SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
+PUBLISH_SOURCE = Path(publish_batch.__file__).read_text()
 CHUNK_BYTES = 1 << 20
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
@@ -369,6 +378,64 @@ class SshTransport(Transport):
         self._publish(dst, staging, final, expected, what)
         return CopyResult(dst_rel, expected, size, size, time.monotonic() - started)
 
+    def copy_many(
+        self, src: Node, dst: Node, items: list[CopyItem]
+    ) -> list[CopyResult | TransferError]:
+        """A batch in one stream (rsync --files-from, or a relayed tar) and one verify step."""
+        if len(items) <= 1:
+            return super().copy_many(src, dst, items)
+        started = time.monotonic()
+        rels = [
+            (self._abs(src, i.src_path, "copy: source")[0],
+             *self._abs(dst, i.dst_path, "copy: target"), i.sha256.lower())
+            for i in items
+        ]  # fmt: skip
+        # Deterministic batch directory: a retried batch resumes into the same place.
+        token = hashlib.sha256("".join(sorted(r[3] for r in rels)).encode()).hexdigest()[:16]
+        batch = posixpath.join(dst.data_root, f"{STAGING_PREFIX}batch.{token}")
+        names = "\0".join(r[0] for r in rels).encode() + b"\0"
+        what = f"copy {len(items)} files {src.name} -> {dst.name}"
+        if dst.pull_key:
+            self._pull_batch(src, dst, batch, names, what)
+        else:
+            self._relay_batch(src, dst, batch, names, what)
+        plan = [[posixpath.join(batch, r[0]), r[2], r[3]] for r in rels]
+        done = self._run(
+            dst, shlex.join(["python3", "-c", PUBLISH_SOURCE]), stdin=json.dumps(plan).encode(),
+            timeout=24 * 3600,
+        )  # fmt: skip
+        outcomes = json.loads(self._check(dst, done, f"{what}: publish"))
+        self._run(dst, f"rm -rf -- {shlex.quote(batch)}")
+        seconds = time.monotonic() - started
+        results: list[CopyResult | TransferError] = []
+        for (_src_rel, dst_rel, _abs, sha), outcome in zip(rels, outcomes, strict=True):
+            if "size" in outcome:
+                size = int(outcome["size"])
+                results.append(CopyResult(dst_rel, sha, size, size, seconds / len(rels)))
+            else:
+                error = ChecksumMismatch if outcome.get("mismatch") else TransferError
+                results.append(error(f"{what}: {dst_rel!r}: {outcome['error']}"))
+        return results
+
+    def _pull_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
+        rsync = [
+            "rsync", "--secluded-args", "--times", "--from0", "--files-from=-",
+            "--partial-dir=.rsync-partial", "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
+            "--", f"{src.user}@{src.host}:{src.data_root}/", batch + "/",
+        ]  # fmt: skip
+        command = f"{self._pin_peer(src, dst)} && {shlex.join(rsync)}"
+        done = self._run(dst, command, stdin=names, timeout=24 * 3600)
+        if done.returncode != 0:
+            raise TransferError(
+                f"{what}: rsync on {dst.name} exited {done.returncode}: "
+                f"{done.stderr.decode(errors='replace').strip()[-800:]}"
+            )
+
+    def _relay_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
+        send = f"cd -- {shlex.quote(src.data_root)} && tar -cf - --null -T -"
+        receive = f"mkdir -p -- {shlex.quote(batch)} && tar -xf - -C {shlex.quote(batch)}"
+        self._pump(src, send, names, dst, receive, what)
+
     def _size_or_fail(self, node: Node, rel: str, what: str) -> int:
         found = self.stat(node, rel)
         if found is None:
@@ -379,27 +446,41 @@ class SshTransport(Transport):
         found = self.stat(node, rel)
         return found is not None and found.size == size and self.sha256(node, rel) == expected
 
-    def _pull(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
-        """The receiver runs rsync against the source's sshd, pinned host key, own key."""
-        known_hosts = posixpath.join(dst.data_root, ".fleetsync", f"known_hosts.{src.name}")
-        ssh = shlex.join(
+    def _peer_known_hosts(self, src: Node, dst: Node) -> str:
+        return posixpath.join(dst.data_root, ".fleetsync", f"known_hosts.{src.name}")
+
+    def _pin_peer(self, src: Node, dst: Node) -> str:
+        """Shell step on dst: write src's pinned host key where dst's ssh will check it."""
+        known_hosts = self._peer_known_hosts(src, dst)
+        pin = f"{_known_hosts_name(src)} {src.host_key}\n"
+        return (
+            f"mkdir -p -- {shlex.quote(posixpath.dirname(known_hosts))} && "
+            f"printf %s {shlex.quote(pin)} > {shlex.quote(known_hosts)}"
+        )
+
+    def _peer_ssh(self, src: Node, dst: Node) -> str:
+        """The `-e` command dst's rsync uses to reach src: dst's own key, src's pinned key."""
+        return shlex.join(
             [
                 "ssh", "-i", dst.pull_key or "", "-p", str(src.port), "-c", CIPHERS,
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={self._peer_known_hosts(src, dst)}",
                 "-o", f"ConnectTimeout={int(self.connect_timeout)}",
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
             ]
         )  # fmt: skip
+
+    def _pull(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
+        """The receiver runs rsync against the source's sshd, pinned host key, own key."""
         rsync = [
             "rsync", "--secluded-args", "--times", "--partial-dir=.rsync-partial",
-            "-e", ssh, *_bwlimit(src, dst), "--", f"{src.user}@{src.host}:{source}", staging,
+            "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
+            "--", f"{src.user}@{src.host}:{source}", staging,
         ]  # fmt: skip
-        pin = f"{_known_hosts_name(src)} {src.host_key}\n"
         command = (
-            f"mkdir -p -- {shlex.quote(posixpath.dirname(known_hosts))} "
-            f"{shlex.quote(posixpath.dirname(staging))} && "
-            f"printf %s {shlex.quote(pin)} > {shlex.quote(known_hosts)} && {shlex.join(rsync)}"
+            f"{self._pin_peer(src, dst)} && "
+            f"mkdir -p -- {shlex.quote(posixpath.dirname(staging))} && {shlex.join(rsync)}"
         )
         done = self._run(dst, command, timeout=24 * 3600)
         if done.returncode != 0:
@@ -409,18 +490,28 @@ class SshTransport(Transport):
             )
 
     def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
-        """Stream src → orchestrator → dst through two OpenSSH processes, chunk by chunk."""
         receive = (
             f"mkdir -p -- {shlex.quote(posixpath.dirname(staging))} && cat > {shlex.quote(staging)}"
         )
+        self._pump(src, f"cat -- {shlex.quote(source)}", None, dst, receive, what)
+
+    def _pump(
+        self, src: Node, send: str, send_input: bytes | None, dst: Node, receive: str, what: str
+    ) -> None:
+        """Stream `send` on src into `receive` on dst through this host, chunk by chunk,
+        paced to the link's bandwidth cap: two OpenSSH processes, bounded memory."""
         reader = subprocess.Popen(
-            [*self._ssh_argv(src), f"cat -- {shlex.quote(source)}"],
+            [*self._ssh_argv(src), send],
+            stdin=subprocess.PIPE if send_input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         writer = subprocess.Popen(
             [*self._ssh_argv(dst), receive], stdin=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert reader.stdout is not None and writer.stdin is not None
+        if send_input is not None and reader.stdin is not None:
+            reader.stdin.write(send_input)
+            reader.stdin.close()
         rate = link_rate(src, dst)
         sent, t0 = 0, time.monotonic()
         try:

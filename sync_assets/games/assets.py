@@ -1,6 +1,5 @@
 """`games/selfplay` [node] and `games/canonical` [config]: thin wrappers over collect/merge."""
 
-
 import dagster as dg
 import pandas as pd
 

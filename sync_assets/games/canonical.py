@@ -20,7 +20,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import TransferError
+from resources.transport.base import CopyItem, CopyResult, TransferError
 from sync_assets.games import merge as merge_module
 from sync_assets.games.collect import SNAPSHOT_KIND, collected_path
 from sync_assets.replication import ReplicationResult, copy_recorded, replicate
@@ -156,22 +156,21 @@ def _stage_on_primary(
     """Copy snapshots the primary lacks onto it (durable node to durable node)."""
     replicas = catalog.replicas_frame([SNAPSHOT_KIND])
     verified = replicas[replicas["state"] == "verified"]
-    for art in todo.set_index("sha256").iterrows():
-        sha, row = art
+    by_source: dict[str, list[CopyItem]] = {}
+    for sha, row in todo.set_index("sha256").iterrows():
         holders = verified[verified["sha256"] == sha]
-        if (holders["node"] == primary.name).any():
+        if holders.empty or (holders["node"] == primary.name).any():
             continue
         source = holders.iloc[0]
-        copied = copy_recorded(
-            sha,
-            fleet.node(source["node"]),
-            source["path"],
-            primary,
-            collected_path(row.rename(sha)),
-            catalog,
-            transports,
+        by_source.setdefault(source["node"], []).append(
+            CopyItem(source["path"], collected_path(row.rename(sha)), str(sha))
         )
-        moved.count(copied)
+    for source_name, items in by_source.items():
+        for outcome in copy_recorded(fleet.node(source_name), primary, items, catalog, transports):
+            if isinstance(outcome, CopyResult):
+                moved.count(outcome)
+            else:
+                moved.failures.append(str(outcome))
 
 
 def _run_merge(
