@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -58,18 +59,23 @@ def cmd_status(_args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sync_assets.demo import build_demo_fleet, run_pipeline
+    from sync_assets.demo import build_demo_fleet, demo_nodes, run_pipeline
+    from sync_assets.sshd_fleet import SshdFleet
 
-    if args.ssh:
-        print("fleetsync demo --ssh: the SSH transport is not in this build yet", file=sys.stderr)
-        return 2
     os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    fleet_file = build_demo_fleet(Path(args.dir).resolve(), args.nodes, args.games)
-    os.environ["FLEETSYNC_FLEET"] = str(fleet_file)
-    _, before = _load_status()
-    run_pipeline(fleet_file)
-    name, after = _load_status()
+    root = Path(args.dir).resolve()
+    with contextlib.ExitStack() as stack:
+        sshd = None
+        if args.ssh:
+            names = [n.name for n in demo_nodes(args.nodes)]
+            sshd = stack.enter_context(SshdFleet(root, names))
+            print(f"started {len(names)} sshd nodes on 127.0.0.{sshd.first_octet}..")
+        fleet_file = build_demo_fleet(root, args.nodes, args.games, sshd=sshd)
+        os.environ["FLEETSYNC_FLEET"] = str(fleet_file)
+        _, before = _load_status()
+        run_pipeline(fleet_file)
+        name, after = _load_status()
     _print_status(name, after)
     added = int(after.games["games"].sum()) - int(before.games["games"].sum())
     moved = after.bytes_moved - before.bytes_moved

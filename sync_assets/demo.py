@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from sync_assets.sshd_fleet import SshdFleet
+
 DEMO_CONFIGS = ["hex8_2p", "hex8_4p", "square8_2p", "square19_3p", "hexagonal_2p"]
 GAMES_PER_NODE = 400
 # The demo prints its own summary; the per-event log stays in the UI.
@@ -43,46 +45,67 @@ def demo_nodes(count: int) -> list[DemoNode]:
     return fixed + gpus
 
 
-def fleet_document(root: Path, nodes: list[DemoNode]) -> dict[str, object]:
+def fleet_document(
+    root: Path, nodes: list[DemoNode], sshd: SshdFleet | None = None
+) -> dict[str, object]:
+    """The demo inventory: local directories, or the given sshd nodes (durable nodes pull
+    directly from their peers; the others are reached through the orchestrator)."""
+    entries = []
+    for n in nodes:
+        entry: dict[str, object] = {
+            "name": n.name,
+            "transport": "local",
+            "data_root": str(root / "nodes" / n.name),
+        }
+        if sshd is not None:
+            entry = sshd.nodes[n.name].inventory_entry(sshd.client_key, sshd.user)
+            if "storage" in n.roles:
+                entry["pull_key"] = str(sshd.client_key)  # same machine: same key path
+        entry.update(
+            roles=n.roles, ephemeral=n.ephemeral, provider={"kind": n.provider, "id": n.name}
+        )
+        entries.append(entry)
     return {
-        "fleet": "demo",
+        "fleet": "demo-ssh" if sshd else "demo",
         "configs": DEMO_CONFIGS,
         # The demo's nodes share this machine's disk, whatever else fills it.
         "policy": {
             "min_replicas": {"games": 2},
             "disk": {"max_target_use": 0.98, "min_free_gb": 0.5},
         },
-        "nodes": [
-            {
-                "name": n.name,
-                "transport": "local",
-                "roles": n.roles,
-                "ephemeral": n.ephemeral,
-                "provider": {"kind": n.provider, "id": n.name},
-                "data_root": str(root / "nodes" / n.name),
-            }
-            for n in nodes
-        ],
+        "nodes": entries,
     }
 
 
-def build_demo_fleet(
+def seed_demo_data(
     root: Path, node_count: int, games_per_node: int = GAMES_PER_NODE, seed: int = 7
-) -> Path:
-    """Create node directories, seed game DBs, write fleet.yaml; reuse an existing one."""
+) -> list[DemoNode]:
+    """Create node directories and seed game DBs once; later calls reuse them."""
     from sync_assets.games.synth import seed_fleet_games
 
-    fleet_file = root / "fleet.yaml"
-    if fleet_file.exists():
-        return fleet_file
     nodes = demo_nodes(node_count)
-    root.mkdir(parents=True, exist_ok=True)
+    marker = root / ".seeded"
+    if marker.exists():
+        return nodes
     for n in nodes:
         (root / "nodes" / n.name / "games").mkdir(parents=True, exist_ok=True)
     selfplay_roots = {n.name: root / "nodes" / n.name for n in nodes if "selfplay" in n.roles}
     seed_fleet_games(selfplay_roots, DEMO_CONFIGS, games_per_node, seed)
-    # Written last: its presence means the fleet is complete.
-    fleet_file.write_text(yaml.safe_dump(fleet_document(root, nodes), sort_keys=False))
+    marker.write_text("seeded\n")  # last: its presence means the data is complete
+    return nodes
+
+
+def build_demo_fleet(
+    root: Path,
+    node_count: int,
+    games_per_node: int = GAMES_PER_NODE,
+    seed: int = 7,
+    sshd: SshdFleet | None = None,
+) -> Path:
+    """Seed the demo fleet (once) and write its fleet.yaml (every time: sshd ports change)."""
+    nodes = seed_demo_data(root, node_count, games_per_node, seed)
+    fleet_file = root / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(fleet_document(root, nodes, sshd), sort_keys=False))
     return fleet_file
 
 
