@@ -5,7 +5,6 @@ inventory keeps its partition until it holds no last verified copy of anything
 (retired only after evacuation).
 """
 
-
 from collections.abc import Iterable
 
 import dagster as dg
@@ -13,7 +12,7 @@ import pandas as pd
 
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory, InventoryError
-from sync_assets.partitions import nodes_partitions
+from sync_assets.partitions import NODES, nodes_partitions
 
 BATCH = 50  # partitions added or removed per tick: steady, never churned
 
@@ -47,7 +46,7 @@ def node_discovery(
         fleet = inventory.load()
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
-    current = context.instance.get_dynamic_partitions(nodes_partitions.name)
+    current = context.instance.get_dynamic_partitions(NODES)
     to_add, to_remove = partition_changes(
         (n.name for n in fleet.nodes), current, last_copy_holders(catalog.replicas_frame())
     )

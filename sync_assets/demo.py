@@ -118,15 +118,15 @@ def run_pipeline(fleet_file: Path) -> float:
 
     from resources.inventory import load_inventory
     from sync_assets.definitions import defs
-    from sync_assets.partitions import nodes_partitions
+    from sync_assets.partitions import NODES
 
     started = time.time()
     fleet = load_inventory(fleet_file)
     instance = dg.DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(nodes_partitions.name))
+    known = set(instance.get_dynamic_partitions(NODES))
     new = [n.name for n in fleet.nodes if n.name not in known]
     if new:
-        instance.add_dynamic_partitions(nodes_partitions.name, new)
+        instance.add_dynamic_partitions(NODES, new)
     for job, keys in (
         ("probe_nodes", [n.name for n in fleet.nodes]),
         ("collect_games", [n.name for n in fleet.nodes]),

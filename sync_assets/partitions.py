@@ -11,7 +11,8 @@ from resources.inventory import load_inventory
 from sync_assets.configs import STANDARD_CONFIGS
 
 # Filled from the inventory by the `node_discovery` sensor (and `fleetsync sync`).
-nodes_partitions = dg.DynamicPartitionsDefinition(name="nodes")
+NODES = "nodes"
+nodes_partitions = dg.DynamicPartitionsDefinition(name=NODES)
 
 
 def configured_configs() -> list[str]:

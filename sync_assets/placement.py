@@ -116,8 +116,9 @@ def plan_replication(
                 key=lambda n: (planned_out.get(n, 0), n in ephemeral, n),
             )
             planned_out[source] = planned_out.get(source, 0) + 1
-            if free[target] is not None:
-                free[target] = int(free[target]) - int(art.size)  # type: ignore[call-overload]
+            room = free[target]
+            if room is not None:
+                free[target] = room - int(art.size)
             plan_rows.append(
                 {
                     "sha256": art.sha256,

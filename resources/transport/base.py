@@ -87,6 +87,12 @@ class ExecResult:
     stderr: bytes
 
 
+# Module-level names: inside Transport, `list` is the listing method.
+Argv = list[str]
+CopyBatch = list[CopyItem]
+CopyOutcomes = list[CopyResult | TransferError]
+
+
 class Transport(abc.ABC):
     """Operations on nodes; every path argument is relative to the node's data root."""
 
@@ -112,14 +118,12 @@ class Transport(abc.ABC):
     ) -> CopyResult:
         """Copy src_path on src to dst_path on dst: temp name, verify sha256 at dst, rename."""
 
-    def copy_many(
-        self, src: Node, dst: Node, items: list[CopyItem]
-    ) -> list[CopyResult | TransferError]:
+    def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
         """Copy a batch between two nodes; one result (or the file's error) per item.
 
         Transports that can move a batch in one stream override this; a node that
         cannot be reached fails the whole batch (NodeUnreachable is raised)."""
-        results: list[CopyResult | TransferError] = []
+        results: CopyOutcomes = []
         for item in items:
             try:
                 results.append(
@@ -141,7 +145,7 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def exec(
-        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv on the node with the data root as working directory."""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from resources.transport.base import (
+    Argv,
     ChecksumMismatch,
     CopyResult,
     ExecResult,
@@ -320,7 +321,7 @@ class LocalTransport(Transport):
         return NodeProbe(reachable=True, disk_total_bytes=usage.total, disk_free_bytes=usage.free)
 
     def exec(
-        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv (no shell) in the data root; on timeout kill its whole process group."""
         if not argv:

@@ -35,8 +35,10 @@ import paramiko
 
 from resources.transport import publish_batch, sqlite_snapshot
 from resources.transport.base import (
+    Argv,
     ChecksumMismatch,
-    CopyItem,
+    CopyBatch,
+    CopyOutcomes,
     CopyResult,
     ExecResult,
     Listing,
@@ -71,7 +73,7 @@ class HostKeyRefused(NodeUnreachable):
 
 
 def _known_hosts_name(node: Node) -> str:
-    return node.host if node.port == 22 else f"[{node.host}]:{node.port}"
+    return f"{node.host}" if node.port == 22 else f"[{node.host}]:{node.port}"
 
 
 def _pinned_key(node: Node) -> paramiko.PKey:
@@ -223,7 +225,7 @@ class SshTransport(Transport):
         return done.stdout.decode(errors="surrogateescape")
 
     def exec(
-        self, node: Node, argv: list[str], stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         if not argv:
             raise ValueError(f"node {node.name}: exec: empty argv")
@@ -378,9 +380,7 @@ class SshTransport(Transport):
         self._publish(dst, staging, final, expected, what)
         return CopyResult(dst_rel, expected, size, size, time.monotonic() - started)
 
-    def copy_many(
-        self, src: Node, dst: Node, items: list[CopyItem]
-    ) -> list[CopyResult | TransferError]:
+    def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
         """A batch in one stream (rsync --files-from, or a relayed tar) and one verify step."""
         if len(items) <= 1:
             return super().copy_many(src, dst, items)
@@ -407,7 +407,7 @@ class SshTransport(Transport):
         outcomes = json.loads(self._check(dst, done, f"{what}: publish"))
         self._run(dst, f"rm -rf -- {shlex.quote(batch)}")
         seconds = time.monotonic() - started
-        results: list[CopyResult | TransferError] = []
+        results: CopyOutcomes = []
         for (_src_rel, dst_rel, _abs, sha), outcome in zip(rels, outcomes, strict=True):
             if "size" in outcome:
                 size = int(outcome["size"])
@@ -550,7 +550,7 @@ class SshTransport(Transport):
             raise ChecksumMismatch(f"{what}: verify at target: sha256 {got} != expected {expected}")
         self._check(dst, done, f"{what}: publish")
 
-    def _ssh_argv(self, node: Node) -> list[str]:
+    def _ssh_argv(self, node: Node) -> Argv:
         """OpenSSH client for bulk streams: same pinned host key and key as paramiko."""
         known_hosts = self._workdir / f"known_hosts.{node.name}"
         if node.host_key:

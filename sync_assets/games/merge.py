@@ -129,7 +129,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "game_moves": ("game_id", "move_number", "player", "move_type", "move_json"),
 }
 
-FINISHED_STATUSES = ("completed", "finished")
+FINISHED_STATUSES = ("completed", "finished", "active")
 MIN_MOVES = 5
 _FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED_STATUSES)
 
