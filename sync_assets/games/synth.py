@@ -122,6 +122,13 @@ def _iso(seconds: np.ndarray) -> np.ndarray:
     return np.asarray(seconds, dtype="datetime64[s]").astype(str).astype(object)
 
 
+def _where(mask: np.ndarray, values: np.ndarray) -> list:
+    """values where mask, else None (SQL NULL), as Python objects."""
+    out = np.asarray(values).astype(object)
+    out[~mask] = None
+    return out.tolist()
+
+
 def make_specs(
     *,
     configs: Sequence[str],
@@ -182,11 +189,9 @@ def _rows(specs: Sequence[GameSpec]) -> dict[str, dict[str, list]]:
     )
     created = _EPOCH + _bits(h1, 8, 90 * 86_400)
     duration = total * (200 + _bits(h2, 8, 800))
-    completed_at = np.where(ended, _iso(created + duration // 1000), None).tolist()
     engine = _ENGINES[_bits(h3, 16, 4)].tolist()
-    termination = np.where(
-        ended, _TERMINATIONS[_bits(h3, 20, 4)], np.where(kind == 2, "abandoned", None)
-    ).tolist()
+    termination = _TERMINATIONS[_bits(h3, 20, 4)]
+    termination[kind == 2] = "abandoned"
     n_l = n.tolist()
     games = {
         "game_id": [s.game_id for s in specs],
@@ -194,10 +199,10 @@ def _rows(specs: Sequence[GameSpec]) -> dict[str, dict[str, list]]:
         "num_players": n_l,
         "rng_seed": (seeds & np.uint64(0x7FFFFFFF)).astype(np.int64).tolist(),
         "created_at": _iso(created).tolist(),
-        "completed_at": completed_at,
+        "completed_at": _where(ended, _iso(created + duration // 1000)),
         "game_status": status.tolist(),
-        "winner": np.where(ended, 1 + _bits(h3, 24, n), None).tolist(),
-        "termination_reason": termination,
+        "winner": _where(ended, 1 + _bits(h3, 24, n)),
+        "termination_reason": _where(ended | (kind == 2), termination),
         "total_moves": total.tolist(),
         "total_turns": ((total - 1) // n + 1).tolist(),
         "duration_ms": duration.tolist(),
