@@ -16,7 +16,7 @@ from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import CopyItem, CopyResult, NodeUnreachable, TransferError
-from sync_assets.placement import DiskFloor, Plan, plan_replication
+from sync_assets.placement import DiskFloor, Plan, plan_fanout, plan_replication
 
 
 @dataclass
@@ -125,10 +125,54 @@ def replicate(
     return result
 
 
+def distribute(
+    sha256: str,
+    path: str,
+    targets: list[str],
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+) -> ReplicationResult:
+    """Put one artifact at `path` on every target node, fanned out in waves; nodes that
+    received it serve the next wave. Copies are verified and recorded like any other."""
+    replicas = catalog.replicas_frame()
+    usable = replicas[
+        (replicas["sha256"] == sha256) & replicas["state"].isin(["verified", "staging"])
+    ]
+    source_path = dict(zip(usable["node"], usable["path"], strict=True))
+    nodes = catalog.nodes_frame()
+    waves = plan_fanout(
+        set(source_path),
+        targets,
+        per_source=fleet.policy.transfers_per_node,
+        unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
+    )
+    result = ReplicationResult()
+    for wave in waves:
+        for source, target in wave:
+            [outcome] = copy_recorded(
+                fleet.node(source),
+                fleet.node(target),
+                [CopyItem(source_path[source], path, sha256)],
+                catalog,
+                transports,
+            )
+            if isinstance(outcome, CopyResult):
+                result.count(outcome)
+                source_path[target] = path
+            else:
+                result.failures.append(str(outcome))
+    return result
+
+
 # Artifact kinds → the policy field that says how many durable copies they need.
 _POLICY_FIELD_OF_KIND = {
     "games_snapshot": "games",
     "games_canonical": "games",
+    "npz": "npz",
+    "model": "models",
+    "elo_snapshot": "elo",
+    "elo_ratings": "elo",
 }
 
 

@@ -165,3 +165,25 @@ def test_count_of_transfers_matches_deficit(mins):
     p = plan([("a", "games", GIB)], [("a", "gpu-1", "verified")], mins=mins)
     assert len(p.transfers) == mins["games"]
     assert p.transfers["target"].is_unique
+
+
+def test_fanout_is_a_tree_not_a_star():
+    from sync_assets.placement import plan_fanout
+
+    targets = [f"gpu-{i:02d}" for i in range(14)]
+    waves = plan_fanout({"store-1"}, targets, per_source=2)
+    assert [len(w) for w in waves] == [2, 6, 6]  # 1 source → 3 → 9 sources
+    served = [t for w in waves for _, t in w]
+    assert sorted(served) == targets
+    for i, wave in enumerate(waves):
+        holders = {"store-1"} | {t for w in waves[:i] for _, t in w}
+        assert {s for s, _ in wave} <= holders
+        assert max(list(map(lambda st: st[0], wave)).count(s) for s, _ in wave) <= 2
+
+
+def test_fanout_skips_holders_and_unavailable():
+    from sync_assets.placement import plan_fanout
+
+    waves = plan_fanout({"a", "b"}, ["a", "c", "d"], per_source=1, unavailable=frozenset({"d"}))
+    assert waves == [[("a", "c")]]
+    assert plan_fanout({"a"}, ["b"], per_source=1, unavailable=frozenset({"a"})) == []
