@@ -418,6 +418,17 @@ class Catalog(dg.ConfigurableResource):
                 )
             ).scalar()
 
+    def aliases_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(aliases), conn)
+
+    def merges_frame(self) -> pd.DataFrame:
+        """config, snapshot_sha256, merged_at, games added (from the stats)."""
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(sa.select(merges), conn)
+        frame["added"] = [json.loads(s).get("added", 0) for s in frame["stats_json"]]
+        return frame.drop(columns=["stats_json"])
+
     def set_alias(self, kind: str, config: str, sha256: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(

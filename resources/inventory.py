@@ -22,6 +22,7 @@ from sync_assets.configs import STANDARD_CONFIGS, ConfigKeyError, normalize_conf
 Role = Literal["selfplay", "training", "eval", "storage", "coordinator"]
 ProviderKind = Literal["lambda", "vast", "runpod", "hetzner", "ssh", "none"]
 DURABLE_ROLES: frozenset[str] = frozenset({"storage", "coordinator"})
+GPU_ROLES: frozenset[str] = frozenset({"selfplay", "training", "eval"})
 
 
 class _Strict(BaseModel):
@@ -106,6 +107,11 @@ class Fleet(_Strict):
     @property
     def durable_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.durable]
+
+    @property
+    def gpu_nodes(self) -> list[Node]:
+        """Nodes that run models (self-play, training, evaluation): they get promoted models."""
+        return [n for n in self.nodes if GPU_ROLES.intersection(n.roles)]
 
     def nodes_with_role(self, role: Role) -> list[Node]:
         return [n for n in self.nodes if role in n.roles]

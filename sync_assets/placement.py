@@ -163,24 +163,27 @@ def bytes_at_risk(artifacts: pd.DataFrame, replicas: pd.DataFrame, nodes: pd.Dat
 
 
 def plan_fanout(
-    holders: set[str],
+    sources: set[str],
     targets: list[str],
     per_source: int,
     unavailable: frozenset[str] = frozenset(),
 ) -> list[list[tuple[str, str]]]:
     """Waves of (source, target) copies that put one artifact on every target node.
 
-    Each wave a source serves at most `per_source` targets; targets served in a wave
-    become sources for the next, so a 100-node push is a tree, not a star from the
-    coordinator (LESSONS 2). Unavailable nodes are neither sources nor targets."""
-    have = {n for n in holders if n not in unavailable}
-    missing = [t for t in targets if t not in holders and t not in unavailable]
+    `targets` are the nodes still lacking it (a source may be one of them: it holds
+    the bytes elsewhere). Each wave a source serves at most `per_source` targets;
+    targets served in a wave become sources for the next, so a 100-node push is a
+    tree, not a star from the coordinator (LESSONS 2). Unavailable nodes are neither
+    sources nor targets."""
+    have = {n for n in sources if n not in unavailable}
+    missing = [t for t in targets if t not in unavailable]
     waves: list[list[tuple[str, str]]] = []
     while missing and have:
         wave: list[tuple[str, str]] = []
         load = dict.fromkeys(sorted(have), 0)
         for target in list(missing):
-            source = min(load, key=lambda n: (load[n], n))
+            # A node that holds the bytes elsewhere serves itself first.
+            source = target if target in load else min(load, key=lambda n: (load[n], n))
             if load[source] >= per_source:
                 break
             load[source] += 1

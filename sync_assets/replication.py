@@ -139,11 +139,12 @@ def distribute(
     usable = replicas[
         (replicas["sha256"] == sha256) & replicas["state"].isin(["verified", "staging"])
     ]
-    source_path = dict(zip(usable["node"], usable["path"], strict=True))
+    source_path = dict(zip(usable["node"], usable["path"], strict=False))
+    done = set(usable.loc[usable["path"] == path, "node"])
     nodes = catalog.nodes_frame()
     waves = plan_fanout(
         set(source_path),
-        targets,
+        [t for t in targets if t not in done],
         per_source=fleet.policy.transfers_per_node,
         unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
     )
@@ -159,7 +160,7 @@ def distribute(
             )
             if isinstance(outcome, CopyResult):
                 result.count(outcome)
-                source_path[target] = path
+                source_path.setdefault(target, path)
             else:
                 result.failures.append(str(outcome))
     return result

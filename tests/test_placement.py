@@ -113,8 +113,12 @@ def test_planned_bytes_use_up_room():
     reps = [("a", "gpu-1", "verified"), ("b", "gpu-1", "verified")]
     p = plan(arts, reps, nodes, mins={"games": 1})
     assert sorted(p.transfers["target"]) == ["store-1", "store-2"]
-    p2 = plan(arts + [("c", "games", 60 * GIB)], reps + [("c", "gpu-1", "verified")], nodes,
-              mins={"games": 1})
+    p2 = plan(
+        arts + [("c", "games", 60 * GIB)],
+        reps + [("c", "gpu-1", "verified")],
+        nodes,
+        mins={"games": 1},
+    )
     assert len(p2.transfers) == 2 and len(p2.blocked) == 1
 
 
@@ -125,8 +129,7 @@ def test_unavailable_nodes_are_neither_source_nor_target():
         unavailable=frozenset({"store-1"}),
     )
     assert "store-1" not in set(p.transfers["target"])
-    p2 = plan([("a", "games", GIB)], [("a", "gpu-1", "verified")],
-              unavailable=frozenset({"gpu-1"}))
+    p2 = plan([("a", "games", GIB)], [("a", "gpu-1", "verified")], unavailable=frozenset({"gpu-1"}))
     assert p2.transfers.empty
     assert p2.blocked["reason"].iloc[0] == "no reachable copy to copy from"
 
@@ -140,8 +143,7 @@ def test_staging_copy_is_a_source_but_never_counts():
 
 def test_retired_nodes_do_not_count():
     nodes = [*FLEET[:2], node("old", durable=True, state="retired", **BIG_DISK), FLEET[3]]
-    p = plan([("a", "games", GIB)], [("a", "old", "verified"), ("a", "store-1", "verified")],
-             nodes)
+    p = plan([("a", "games", GIB)], [("a", "old", "verified"), ("a", "store-1", "verified")], nodes)
     assert list(p.transfers["target"]) == ["store-2"]
 
 
@@ -181,9 +183,11 @@ def test_fanout_is_a_tree_not_a_star():
         assert max(list(map(lambda st: st[0], wave)).count(s) for s, _ in wave) <= 2
 
 
-def test_fanout_skips_holders_and_unavailable():
+def test_fanout_skips_unavailable_and_self_serves():
     from sync_assets.placement import plan_fanout
 
-    waves = plan_fanout({"a", "b"}, ["a", "c", "d"], per_source=1, unavailable=frozenset({"d"}))
+    waves = plan_fanout({"a", "b"}, ["c", "d"], per_source=1, unavailable=frozenset({"d"}))
     assert waves == [[("a", "c")]]
     assert plan_fanout({"a"}, ["b"], per_source=1, unavailable=frozenset({"a"})) == []
+    # "a" holds the bytes at another path: it copies to itself, not from "b".
+    assert plan_fanout({"a", "b"}, ["a"], per_source=1) == [[("a", "a")]]

@@ -136,6 +136,11 @@ class Transport(abc.ABC):
         return results
 
     @abc.abstractmethod
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
+        """Point `link_path` at `target_name` (a file in the same directory) atomically:
+        readers see the old target or the new one, never a missing link."""
+
+    @abc.abstractmethod
     def remove(self, node: Node, path: str) -> None:
         """Remove one file (used for fleetsync's own staging files only)."""
 

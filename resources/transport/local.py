@@ -300,6 +300,20 @@ class LocalTransport(Transport):
             writer.write(block)
             throttle.account(len(block))
 
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
+        rel, link = self._resolve(node, link_path, "symlink", follow=False)
+        if "/" in target_name or safe_relpath(target_name) != target_name:
+            raise UnsafePathError(f"{_where(node, rel, 'symlink')}: target must be a sibling name")
+        staging = link.parent / Path(staging_name(rel)).name
+        try:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target_name, staging)
+            os.replace(staging, link)
+            _fsync_dir(link.parent)
+        except OSError as e:
+            _discard(staging)
+            raise TransferError(f"{_where(node, rel, 'symlink')}: {e}") from e
+
     def remove(self, node: Node, path: str) -> None:
         """Unlink one file inside the data root (a symlink itself, never its target)."""
         rel, target = self._resolve(node, path, "remove", follow=False)

@@ -325,6 +325,18 @@ class SshTransport(Transport):
             raise TransferError(f"node {node.name}: snapshot {dest_rel!r} vanished after publish")
         return found
 
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
+        rel, link = self._abs(node, link_path, "symlink")
+        if "/" in target_name or safe_relpath(target_name) != target_name:
+            raise UnsafePathError(f"node {node.name}: {rel!r}: symlink: target must be a sibling")
+        staging = posixpath.join(node.data_root, staging_name(rel))
+        command = (
+            f"mkdir -p -- {shlex.quote(posixpath.dirname(link))} && "
+            f"ln -s -- {shlex.quote(target_name)} {shlex.quote(staging)} && "
+            f"mv -Tf -- {shlex.quote(staging)} {shlex.quote(link)}"
+        )
+        self._check(node, self._run(node, command), f"symlink {rel}")
+
     def remove(self, node: Node, path: str) -> None:
         rel, absolute = self._abs(node, path, "remove")
         self._check(node, self._run(node, f"rm -f -- {shlex.quote(absolute)}"), f"remove {rel}")

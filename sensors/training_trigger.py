@@ -1,0 +1,56 @@
+"""`training_trigger`: enough new canonical games since the last export → export that config."""
+
+import dagster as dg
+import pandas as pd
+
+from resources.catalog import Catalog
+from resources.inventory import FleetInventory, InventoryError
+
+NPZ_ALIAS = "npz"
+
+
+def configs_due(
+    merges: pd.DataFrame, aliases: pd.DataFrame, configs: list[str], min_new_games: int
+) -> dict[str, int]:
+    """Config → games merged since its shard was last published, where that is enough."""
+    exported = aliases[aliases["kind"] == NPZ_ALIAS].set_index("config")["updated_at"]
+    due = {}
+    for config in configs:
+        rows = merges[merges["config"] == config]
+        since = exported.get(config)
+        new = int(
+            rows["added"].sum()
+            if since is None
+            else rows.loc[rows["merged_at"] > since, "added"].sum()
+        )
+        if new >= min_new_games:
+            due[config] = new
+    return due
+
+
+@dg.sensor(name="training_trigger", minimum_interval_seconds=120, job_name="export_npz")
+def training_trigger(
+    context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
+) -> dg.SensorResult | dg.SkipReason:
+    try:
+        fleet = inventory.load()
+    except InventoryError as exc:
+        return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
+    aliases = catalog.aliases_frame()
+    due = configs_due(
+        catalog.merges_frame(), aliases, list(fleet.configs), fleet.policy.export.min_new_games
+    )
+    if not due:
+        return dg.SkipReason("no config has enough new games to export")
+    canonical = aliases[aliases["kind"] == "games_canonical"].set_index("config")["sha256"]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                # One export per canonical DB version: a later merge allows a new run.
+                run_key=f"npz:{config}:{canonical.get(config, 'none')}",
+                partition_key=config,
+                tags={"fleetsync/new_games": str(new)},
+            )
+            for config, new in sorted(due.items())
+        ]
+    )

@@ -1,0 +1,59 @@
+"""The promotion gate: which model becomes `canonical` for a config. Pure, no I/O.
+
+A candidate is promoted when a training repo reports an explicit decision, or
+when its rating beats the promoted model's by `margin` Elo over at least
+`min_games` games. Promotion is an alias flip in the catalog (which sha256 is
+promoted), never an overwrite of a file a half-finished copy could catch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MARGIN = 20.0
+DEFAULT_MIN_GAMES = 200
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A model's rating in its config (None: never rated)."""
+
+    rating: float | None
+    uncertainty: float | None
+    games: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    candidate_sha: str,
+    promoted_sha: str | None,
+    candidate: Standing,
+    promoted: Standing,
+    *,
+    explicit: bool = False,
+    margin: float = DEFAULT_MARGIN,
+    min_games: int = DEFAULT_MIN_GAMES,
+) -> Decision:
+    if candidate_sha == promoted_sha:
+        return Decision(False, "candidate is already the promoted model")
+    if explicit:
+        return Decision(True, "explicit promotion reported by the training repo")
+    if promoted_sha is None:
+        return Decision(True, "no model promoted yet for this config")
+    if candidate.rating is None or candidate.games < min_games:
+        return Decision(
+            False, f"candidate has {candidate.games} rated games, needs {min_games}"
+        )
+    if promoted.rating is None:
+        return Decision(True, "the promoted model has no rating; the candidate has one")
+    lead = candidate.rating - promoted.rating
+    if lead < margin:
+        return Decision(
+            False, f"candidate leads by {lead:+.1f} Elo, needs {margin:+.1f}"
+        )
+    return Decision(True, f"candidate leads by {lead:+.1f} Elo over {candidate.games} games")
