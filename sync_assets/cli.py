@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--games", type=int, default=400, help="games per self-play node")
     demo.add_argument("--ssh", action="store_true", help="real sshd nodes on loopback")
     demo.set_defaults(func=cmd_demo)
+
+    from sync_assets.report import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

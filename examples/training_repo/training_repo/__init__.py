@@ -1,0 +1,1 @@
+"""EXAMPLE training repo: a second Dagster code location that produces `models/candidate`."""
