@@ -1,8 +1,18 @@
 """fleetsync: a Dagster code location that keeps a self-play fleet's data where it must be.
 
-`report` tells fleetsync about an artifact a training repo produced (validated first).
+`from sync_assets import report` — tell fleetsync about an artifact a training repo
+produced (validated before anything is recorded). Resolved lazily: importing any
+`sync_assets` module must not pull in Dagster-facing code (and its imports) first.
 """
 
-from sync_assets.report import report
+from typing import Any
 
 __all__ = ["report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "report":
+        from sync_assets.reporting import report
+
+        return report
+    raise AttributeError(f"module 'sync_assets' has no attribute {name!r}")

@@ -18,12 +18,11 @@ GIB = 1024**3
 def _load_status() -> tuple[str, FleetStatus]:
     from resources.catalog import Catalog
     from resources.inventory import load_inventory
+    from sync_assets.replication import min_replicas_by_kind
     from sync_assets.status import fleet_status
 
     fleet = load_inventory(os.environ.get("FLEETSYNC_FLEET", "fleet.yaml"))
-    mins = fleet.policy.min_replicas
-    kinds = {"games_snapshot": mins.games, "games_canonical": mins.games}
-    return fleet.fleet, fleet_status(Catalog(), kinds)
+    return fleet.fleet, fleet_status(Catalog(), min_replicas_by_kind(fleet))
 
 
 def _print_status(fleet_name: str, status: FleetStatus) -> None:
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ssh", action="store_true", help="real sshd nodes on loopback")
     demo.set_defaults(func=cmd_demo)
 
-    from sync_assets.report import add_report_parser
+    from sync_assets.reporting import add_report_parser
 
     add_report_parser(sub)
     return parser

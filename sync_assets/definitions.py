@@ -3,30 +3,52 @@
 import dagster as dg
 
 from resources.catalog import Catalog
+from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
+from sensors.training_trigger import training_trigger
+from sync_assets.elo.assets import elo_matches, elo_on_node, elo_ratings
 from sync_assets.fleet.assets import node_status
 from sync_assets.games.assets import games_canonical, games_selfplay
-from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.models.assets import candidate_spec, models_on_node, models_promoted
+from sync_assets.training.assets import training_npz, training_npz_on_node
 
-probe_nodes = dg.define_asset_job(
-    "probe_nodes", selection=[node_status], partitions_def=nodes_partitions
-)
-collect_games = dg.define_asset_job(
-    "collect_games", selection=[games_selfplay], partitions_def=nodes_partitions
-)
-merge_games = dg.define_asset_job(
-    "merge_games", selection=[games_canonical], partitions_def=configs_partitions
-)
+# One job per asset: sensors, backfills and `fleetsync sync` target them by name.
+JOBS = [
+    dg.define_asset_job("probe_nodes", selection=[node_status]),
+    dg.define_asset_job("collect_games", selection=[games_selfplay]),
+    dg.define_asset_job("merge_games", selection=[games_canonical]),
+    dg.define_asset_job("export_npz", selection=[training_npz]),
+    dg.define_asset_job("npz_to_nodes", selection=[training_npz_on_node]),
+    dg.define_asset_job("collect_matches", selection=[elo_matches]),
+    dg.define_asset_job("rate_models", selection=[elo_ratings]),
+    dg.define_asset_job("ratings_to_nodes", selection=[elo_on_node]),
+    dg.define_asset_job("promote_models", selection=[models_promoted]),
+    dg.define_asset_job("models_to_nodes", selection=[models_on_node]),
+]
 
 defs = dg.Definitions(
-    assets=[node_status, games_selfplay, games_canonical],
-    jobs=[probe_nodes, collect_games, merge_games],
-    sensors=[node_discovery],
+    assets=[
+        node_status,
+        games_selfplay,
+        games_canonical,
+        training_npz,
+        training_npz_on_node,
+        candidate_spec,
+        models_promoted,
+        models_on_node,
+        elo_matches,
+        elo_ratings,
+        elo_on_node,
+    ],
+    jobs=JOBS,
+    sensors=[node_discovery, training_trigger, model_promotion],
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),
         "transports": Transports(),
+        "exporter": Exporter(),
     },
 )

@@ -7,7 +7,6 @@ so the second pass shows what an idle fleet costs: zero bytes moved, zero rows a
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from sync_assets.sshd_fleet import SshdFleet
 
 DEMO_CONFIGS = ["hex8_2p", "hex8_4p", "square8_2p", "square19_3p", "hexagonal_2p"]
 GAMES_PER_NODE = 400
+ELO_MATCHES_PER_CONFIG = 600
 # The demo prints its own summary; the per-event log stays in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -91,8 +91,42 @@ def seed_demo_data(
         (root / "nodes" / n.name / "games").mkdir(parents=True, exist_ok=True)
     selfplay_roots = {n.name: root / "nodes" / n.name for n in nodes if "selfplay" in n.roles}
     seed_fleet_games(selfplay_roots, DEMO_CONFIGS, games_per_node, seed)
+    _seed_elo(root, [n for n in nodes if "eval" in n.roles], seed)
     marker.write_text("seeded\n")  # last: its presence means the data is complete
     return nodes
+
+
+def _seed_elo(root: Path, eval_nodes: list[DemoNode], seed: int) -> None:
+    """Each eval node has played its own share of rated matches per config."""
+    from sync_assets.elo.synth import anchored_strengths, match_rows, simulate, write_elo_db
+
+    for i, node in enumerate(eval_nodes):
+        rows = []
+        for config in DEMO_CONFIGS:
+            strengths = anchored_strengths(config, 8, seed)
+            players = int(config.rsplit("_", 1)[1].rstrip("p"))
+            sim = simulate(strengths, ELO_MATCHES_PER_CONFIG, (players,), seed=seed + i)
+            rows += match_rows(sim, config, id_prefix=f"{node.name}-{config}")
+        write_elo_db(root / "nodes" / node.name / "elo" / "unified_elo.db", rows)
+
+
+def write_candidate(root: Path, node: str, config: str, seed: int) -> str:
+    """Stand-in for a training repo's output: a small model file (+ .sha256 sidecar).
+
+    examples/training_repo/ is the real example; the demo only needs bytes to promote."""
+    import hashlib
+
+    import numpy as np
+
+    models = root / "nodes" / node / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    config_seed = int.from_bytes(hashlib.sha256(config.encode()).digest()[:4], "big")
+    weights = np.random.default_rng([seed, config_seed]).standard_normal((64, 64))
+    path = models / f"candidate_{config}.pth"
+    path.write_bytes(weights.astype(np.float32).tobytes())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (models / f"candidate_{config}.pth.sha256").write_text(f"{digest}  {path.name}\n")
+    return f"models/{path.name}"
 
 
 def build_demo_fleet(
@@ -109,9 +143,10 @@ def build_demo_fleet(
     return fleet_file
 
 
-def run_pipeline(fleet_file: Path) -> float:
-    """Register nodes and run probe → collect → merge once on the Dagster instance
-    under DAGSTER_HOME; returns the wall-clock start (to tell this pass's transfers)."""
+def run_pipeline(fleet_file: Path) -> None:
+    """Register the nodes, then run the whole graph once on the Dagster instance under
+    DAGSTER_HOME: games → canonical → NPZ → shards on training nodes; Elo matches →
+    ratings; a reported candidate → promotion → the promoted model on every GPU node."""
     os.environ["FLEETSYNC_FLEET"] = str(fleet_file)
     # Imported here: the static config partitions are read from FLEETSYNC_FLEET at load.
     import dagster as dg
@@ -119,19 +154,18 @@ def run_pipeline(fleet_file: Path) -> float:
     from resources.inventory import load_inventory
     from sync_assets.definitions import defs
     from sync_assets.partitions import NODES
+    from sync_assets.reporting import report
 
-    started = time.time()
     fleet = load_inventory(fleet_file)
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(NODES))
     new = [n.name for n in fleet.nodes if n.name not in known]
     if new:
         instance.add_dynamic_partitions(NODES, new)
-    for job, keys in (
-        ("probe_nodes", [n.name for n in fleet.nodes]),
-        ("collect_games", [n.name for n in fleet.nodes]),
-        ("merge_games", list(fleet.configs)),
-    ):
+    nodes = [n.name for n in fleet.nodes]
+    configs = list(fleet.configs)
+
+    def run(job: str, keys: list[str]) -> None:
         job_def = defs.resolve_job_def(job)
         for key in keys:
             result = job_def.execute_in_process(
@@ -139,4 +173,18 @@ def run_pipeline(fleet_file: Path) -> float:
             )
             if not result.success:
                 raise RuntimeError(f"demo run {job}[{key}] failed; see `make dev` for its logs")
-    return started
+
+    run("probe_nodes", nodes)
+    run("collect_games", nodes)
+    run("merge_games", configs)
+    run("export_npz", configs)
+    run("npz_to_nodes", nodes)
+    run("collect_matches", nodes)
+    run("rate_models", configs)
+    run("ratings_to_nodes", nodes)
+    trainer = fleet.nodes_with_role("training")[0]
+    for config in configs:
+        path = write_candidate(fleet_file.parent, trainer.name, config, seed=7)
+        report("candidate", config, trainer.name, path, instance=instance).raise_for_problems()
+    run("promote_models", configs)
+    run("models_to_nodes", nodes)

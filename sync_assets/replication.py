@@ -62,7 +62,7 @@ def copy_recorded(
     except NodeUnreachable as exc:
         catalog.record_node_result(exc.node, str(exc))
         results = [exc] * len(items)
-    else:
+    if any(isinstance(r, CopyResult) for r in results):
         for node in (src.name, dst.name):
             catalog.record_node_result(node, None)
     for item, outcome in zip(items, results, strict=True):
@@ -102,7 +102,7 @@ def replicate(
         artifacts,
         replicas[replicas["sha256"].isin(wanted)],
         nodes,
-        min_replicas=_min_replicas_by_kind(fleet),
+        min_replicas=min_replicas_by_kind(fleet),
         floor=DiskFloor(policy.disk.max_target_use, policy.disk.min_free_gb),
         unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
     )
@@ -110,7 +110,15 @@ def replicate(
     by_sha = artifacts.set_index("sha256")
     usable = replicas[replicas["state"].isin(["verified", "staging"])]
     source_paths = usable.drop_duplicates(["sha256", "node"]).set_index(["sha256", "node"])["path"]
+    down: set[str] = set()  # unreachable this pass: not tried again until the next one
     for (source, target), moves in plan.transfers.groupby(["source", "target"], sort=False):
+        if down & {source, target}:
+            unreachable = ", ".join(f"node {n}" for n in sorted(down & {source, target}))
+            result.failures.append(
+                f"copy {source} -> {target}: {len(moves)} file(s) not tried: "
+                f"{unreachable} unreachable in this pass"
+            )
+            continue
         items = [
             CopyItem(source_paths[(sha, source)], target_path(by_sha.loc[sha].rename(sha)), sha)
             for sha in moves["sha256"]
@@ -122,6 +130,8 @@ def replicate(
                 result.count(outcome)
             else:
                 result.failures.append(str(outcome))
+                if isinstance(outcome, NodeUnreachable):
+                    down.add(outcome.node)
     return result
 
 
@@ -177,6 +187,7 @@ _POLICY_FIELD_OF_KIND = {
 }
 
 
-def _min_replicas_by_kind(fleet: Fleet) -> dict[str, int]:
+def min_replicas_by_kind(fleet: Fleet) -> dict[str, int]:
+    """Durable copies each artifact kind needs, from the fleet's policy."""
     mins = fleet.policy.min_replicas
     return {kind: getattr(mins, name) for kind, name in _POLICY_FIELD_OF_KIND.items()}

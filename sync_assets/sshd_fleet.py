@@ -7,6 +7,7 @@ fleetsync talks to these nodes exactly as to cloud boxes.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -129,12 +130,10 @@ class SshdFleet:
                 time.sleep(0.05)
 
     def kill(self, name: str) -> None:
-        """SIGKILL a node's sshd and every session it forked (a box vanishing)."""
-        proc = self.nodes[name].process
-        if proc and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        # Sessions forked before the kill are in the same process group.
+        """SIGKILL a node's sshd, every session it forked and what they run (a box
+        vanishing). Sessions call setsid, so the listener's process group alone would
+        leave established connections working: kill its descendants first."""
+        self._signal(self.nodes[name], signal.SIGKILL)
 
     def restart(self, name: str) -> None:
         self.kill(name)
@@ -142,13 +141,21 @@ class SshdFleet:
 
     def stop(self) -> None:
         for node in self.nodes.values():
-            if node.process and node.process.poll() is None:
-                os.killpg(node.process.pid, signal.SIGTERM)
-                try:
-                    node.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(node.process.pid, signal.SIGKILL)
-                    node.process.wait()
+            self._signal(node, signal.SIGTERM)
+
+    @staticmethod
+    def _signal(node: SshdNode, sig: signal.Signals) -> None:
+        proc = node.process
+        if proc is None or proc.poll() is not None:
+            return
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def inventory_nodes(self) -> list[dict[str, object]]:
         return [n.inventory_entry(self.client_key, self.user) for n in self.nodes.values()]
@@ -158,6 +165,27 @@ class SshdFleet:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below `root`, children before their parents' siblings."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _keygen(path: Path) -> None:

@@ -10,6 +10,8 @@ import pandas as pd
 from resources.catalog import Catalog
 from sync_assets.placement import durable_copies
 
+REPLACED_IN_PLACE = frozenset({"games_canonical", "elo_ratings"})
+
 
 @dataclass(frozen=True)
 class FleetStatus:
@@ -25,6 +27,13 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
     artifacts = catalog.artifacts_frame()
     replicas = catalog.replicas_frame()
     nodes = catalog.nodes_frame()
+    # An older version of a file that is replaced in place (every merge rewrites the
+    # canonical DB, every recompute the ratings DB) keeps its catalog row with no copy
+    # left: it is superseded, not at risk.
+    superseded = artifacts["kind"].isin(REPLACED_IN_PLACE) & ~artifacts["sha256"].isin(
+        replicas["sha256"]
+    )
+    artifacts = artifacts[~superseded]
     copies = durable_copies(replicas, nodes).reindex(artifacts["sha256"], fill_value=0)
     artifacts = artifacts.assign(durable_copies=copies.to_numpy())
     wanted = artifacts["kind"].map(min_replicas).fillna(1)

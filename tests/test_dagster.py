@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,10 @@ from sensors.node_discovery import node_discovery
 from sync_assets.demo import DEMO_CONFIGS, build_demo_fleet
 from sync_assets.fleet.assets import node_status
 from sync_assets.games.assets import games_canonical, games_selfplay
-from sync_assets.games.canonical import CANONICAL_KIND, canonical_path
+from sync_assets.games.canonical import CANONICAL_KIND
 from sync_assets.games.collect import SNAPSHOT_KIND
 from sync_assets.games.synth import generate_game_db
+from tests.expectations import canonical_count, expected_games
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,41 +49,6 @@ def run_pass(fleet, resources, instance) -> None:
         assert dg.materialize(
             [games_canonical], partition_key=config, instance=instance, resources=resources
         ).success
-
-
-def expected_games(fleet, config: str) -> int:
-    """Distinct complete games of `config` on the nodes, counted without merge.py:
-    a game is its id plus its whole move sequence (so colliding ids count twice)."""
-    board, players = config.rsplit("_", 1)
-    seen = set()
-    for n in fleet.nodes:
-        for db in sorted(Path(n.data_root, "games").glob("*.db")):
-            if db.name.startswith("canonical_"):
-                continue
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            rows = con.execute(
-                """SELECT g.game_id, m.move_number, m.player, m.move_type, m.move_json
-                   FROM games g JOIN game_moves m USING (game_id)
-                   WHERE g.board_type = ? AND g.num_players = ?
-                     AND g.game_status IN ('completed', 'finished')
-                     AND (SELECT COUNT(*) FROM game_moves c WHERE c.game_id = g.game_id) >= 5
-                   ORDER BY g.game_id, m.move_number""",
-                (board, int(players.rstrip("p"))),
-            ).fetchall()
-            con.close()
-            games: dict[str, list] = {}
-            for game_id, *move in rows:
-                games.setdefault(game_id, []).append(tuple(move))
-            seen.update((gid, tuple(moves)) for gid, moves in games.items())
-    return len(seen)
-
-
-def canonical_count(node, config: str) -> int:
-    con = sqlite3.connect(Path(node.data_root) / canonical_path(config))
-    try:
-        return con.execute("SELECT COUNT(*) FROM games").fetchone()[0]
-    finally:
-        con.close()
 
 
 def test_definitions_validate(tmp_path):

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from resources.inventory import Fleet, load_inventory
-from sync_assets.report import (
+from sync_assets.reporting import (
     ASSET_KEYS,
     Candidate,
     Rejected,
@@ -382,13 +382,7 @@ def test_candidate_from_event_takes_entries_and_materializations(fleet: Fleet) -
 
 
 def cli() -> list[str]:
-    """`fleetsync report` once the CLI wires it; `python -m sync_assets.report` until then."""
-    from sync_assets.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command")  # noqa: SLF001
-    if "report" in (sub.choices or {}):
-        return [str(BIN / "fleetsync"), "report"]
-    return [sys.executable, "-m", "sync_assets.report"]
+    return [str(BIN / "fleetsync"), "report"]
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

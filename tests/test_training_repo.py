@@ -22,7 +22,7 @@ import pytest
 
 from resources.inventory import FleetInventory, load_inventory
 from sync_assets.partitions import configs_partitions
-from sync_assets.report import Candidate, ReportRequest, candidate_from_event, verify_on_node
+from sync_assets.reporting import Candidate, ReportRequest, candidate_from_event, verify_on_node
 from tests.test_report import MODEL_BYTES, REPO, running_webserver, write_fleet, write_workspace
 from tests.test_webserver import graphql
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dagster as dg
 from pydantic import PrivateAttr
 
@@ -9,6 +11,12 @@ from resources.inventory import Node
 from resources.transport.base import CopyItem, CopyResult, TransferError, Transport
 from resources.transport.local import LocalTransport
 from resources.transport.ssh import SshTransport
+
+
+def python_for(node: Node) -> str:
+    """The interpreter that runs fleetsync's shipped programs on a node: this process's
+    own for local nodes (same numpy), the node's `python3` over SSH."""
+    return sys.executable if node.transport == "local" else "python3"
 
 
 class Transports(dg.ConfigurableResource):

@@ -29,6 +29,25 @@ class SnapshotError(Exception):
     """The step that failed, and why."""
 
 
+def integrity_problems(conn: sqlite3.Connection, size: int) -> list[str]:
+    """[] when the DB is sound: `quick_check` above ~100 MB, `integrity_check` below."""
+    check = "quick_check" if size > QUICK_CHECK_ABOVE_BYTES else "integrity_check"
+    problems = [row[0] for row in conn.execute(f"PRAGMA {check}")]
+    return [] if problems == ["ok"] else problems
+
+
+def check_file(path: str) -> list[str]:
+    """Integrity problems of a DB file at rest (opened read-only, never modified)."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
+        try:
+            return integrity_problems(conn, os.path.getsize(path))
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError) as exc:
+        return [str(exc)]
+
+
 def snapshot(source: str, staging: str, final: str) -> int:
     """Back up `source` into `staging`, check it, publish it as `final`; returns its size.
 
@@ -48,11 +67,9 @@ def snapshot(source: str, staging: str, final: str) -> int:
                 (mode,) = dst.execute("PRAGMA journal_mode=DELETE").fetchone()
                 if mode != "delete":
                     raise sqlite3.DatabaseError(f"journal_mode stayed {mode!r}")
-                size = os.path.getsize(staging)
-                check = "quick_check" if size > QUICK_CHECK_ABOVE_BYTES else "integrity_check"
-                step = check
-                problems = [row[0] for row in dst.execute(f"PRAGMA {check}")]
-                if problems != ["ok"]:
+                step = "integrity check"
+                problems = integrity_problems(dst, os.path.getsize(staging))
+                if problems:
                     raise sqlite3.DatabaseError(" ".join("; ".join(problems).split())[:500])
             finally:
                 dst.close()
@@ -79,7 +96,12 @@ def snapshot(source: str, staging: str, final: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """CLI for remote use: prints {"size": N} or {"error": "step: why"} and exits 0 / 1."""
+    """CLI for remote use. `SOURCE STAGING FINAL`: prints {"size": N} or {"error": "step:
+    why"}; `check PATH`: prints {"problems": [...]}. Exit 0 when all is well, else 1."""
+    if argv[0] == "check":
+        problems = check_file(argv[1])
+        print(json.dumps({"problems": problems}))
+        return 1 if problems else 0
     source, staging, final = argv
     try:
         size = snapshot(source, staging, final)

@@ -23,6 +23,7 @@ import posixpath
 import re
 import select
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -91,7 +92,10 @@ class SshTransport(Transport):
         self.keepalive_s = keepalive_s
         self._clients: dict[str, paramiko.SSHClient] = {}
         self._lock = threading.Lock()
+        # Pinned host keys for the OpenSSH bulk processes; removed by close() if ours.
+        self._own_workdir = workdir is None
         self._workdir = Path(workdir or tempfile.mkdtemp(prefix="fleetsync-ssh-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
 
     # ---- connections -----------------------------------------------------------
 
@@ -158,6 +162,8 @@ class SshTransport(Transport):
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+        if self._own_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     # ---- remote commands -------------------------------------------------------
 
@@ -194,6 +200,8 @@ class SshTransport(Transport):
                 select.select([channel], [], [], min(remaining, 1.0))
             code = channel.recv_exit_status()
             channel.close()
+            if code == -1:  # no exit status: the connection went away mid-command
+                raise paramiko.SSHException("connection lost before the command finished")
         except TimeoutError as exc:
             self._drop(node)
             raise TransferError(f"node {node.name}: command timed out after {timeout:g} s") from exc
@@ -438,10 +446,7 @@ class SshTransport(Transport):
         command = f"{self._pin_peer(src, dst)} && {shlex.join(rsync)}"
         done = self._run(dst, command, stdin=names, timeout=24 * 3600)
         if done.returncode != 0:
-            raise TransferError(
-                f"{what}: rsync on {dst.name} exited {done.returncode}: "
-                f"{done.stderr.decode(errors='replace').strip()[-800:]}"
-            )
+            raise _rsync_failed(src, dst, done, what)
 
     def _relay_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
         send = f"cd -- {shlex.quote(src.data_root)} && tar -cf - --null -T -"
@@ -490,16 +495,19 @@ class SshTransport(Transport):
             "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
             "--", f"{src.user}@{src.host}:{source}", staging,
         ]  # fmt: skip
+        folder, name = posixpath.split(staging)
+        # rsync's own in-flight file (`.NAME.XXXXXX`; no second dot for a dot-name)
+        # survives a SIGKILLed rsync; the staging name is the same on every attempt,
+        # so a retry can clear it first.
+        hidden = name if name.startswith(".") else f".{name}"
+        leftover = shlex.quote(f"{folder}/{hidden}.") + "??????"
         command = (
-            f"{self._pin_peer(src, dst)} && "
-            f"mkdir -p -- {shlex.quote(posixpath.dirname(staging))} && {shlex.join(rsync)}"
+            f"{self._pin_peer(src, dst)} && mkdir -p -- {shlex.quote(folder)} && "
+            f"rm -f -- {leftover} && {shlex.join(rsync)}"
         )
         done = self._run(dst, command, timeout=24 * 3600)
         if done.returncode != 0:
-            raise TransferError(
-                f"{what}: rsync on {dst.name} exited {done.returncode}: "
-                f"{done.stderr.decode(errors='replace').strip()[-800:]}"
-            )
+            raise _rsync_failed(src, dst, done, what)
 
     def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
         receive = (
@@ -536,15 +544,20 @@ class SshTransport(Transport):
                         time.sleep(ahead)
             writer.stdin.close()
         except BrokenPipeError:
-            pass
+            reader.kill()  # the receiver is gone: nothing would ever drain the sender
         finally:
             reader_rc, writer_rc = reader.wait(), writer.wait()
         if reader_rc or writer_rc:
             errs = b" ".join(p.stderr.read() for p in (reader, writer) if p.stderr)
-            raise TransferError(
+            message = (
                 f"{what}: relay failed (read exit {reader_rc}, write exit {writer_rc}): "
                 f"{errs.decode(errors='replace').strip()[-800:]}"
             )
+            if writer_rc == SSH_FAILED or (writer_rc and reader_rc < 0):
+                raise NodeUnreachable(dst.name, message)
+            if reader_rc == SSH_FAILED:
+                raise NodeUnreachable(src.name, message)
+            raise TransferError(message)
 
     def _publish(self, dst: Node, staging: str, final: str, expected: str, what: str) -> None:
         """On the target: hash the staged bytes, rename only on a match, else remove them."""
@@ -577,6 +590,22 @@ class SshTransport(Transport):
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
             f"{node.user}@{node.host}",
         ]  # fmt: skip
+
+
+# rsync exits that mean the link to the *source* failed, not the transfer itself:
+# 255 ssh could not connect, 12 stream broke, 10 socket I/O, 35 timeout.
+_RSYNC_LINK_EXITS = frozenset({255, 12, 10, 35})
+SSH_FAILED = 255  # OpenSSH's own exit code for connection and auth failures
+
+
+def _rsync_failed(src: Node, dst: Node, done: ExecResult, what: str) -> TransferError:
+    message = (
+        f"{what}: rsync on {dst.name} exited {done.returncode}: "
+        f"{done.stderr.decode(errors='replace').strip()[-800:]}"
+    )
+    if done.returncode in _RSYNC_LINK_EXITS:
+        return NodeUnreachable(src.name, message)
+    return TransferError(message)
 
 
 def _mtime_ns(value: str) -> int:

@@ -18,6 +18,7 @@ GIB = 1024**3
     kinds={"ssh"},
     retry_policy=NETWORK_RETRY,
     description="Probe: reachable, disk, GPU utilisation. Unknown is recorded as unknown.",
+    check_specs=[dg.AssetCheckSpec("reachable", asset=["fleet", "node_status"])],
 )
 def node_status(
     context: dg.AssetExecutionContext,
@@ -50,4 +51,14 @@ def node_status(
         metadata["disk_free_gb"] = round(probe.disk_free_bytes / GIB, 2)
     if probe.error:
         metadata["error"] = probe.error
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="reachable",
+                passed=probe.reachable,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"error": probe.error or ""},
+            )
+        ],
+    )

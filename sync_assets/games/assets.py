@@ -75,7 +75,10 @@ def games_selfplay(
     pool="canonical_merge",
     description="Merged corpus per config on a durable node, dedup by game_id plus a move "
     "fingerprint for non-unique ids, complete games only; replicated to durable nodes.",
-    check_specs=[dg.AssetCheckSpec("durable_copies", asset=CANONICAL)],
+    check_specs=[
+        dg.AssetCheckSpec("durable_copies", asset=CANONICAL),
+        dg.AssetCheckSpec("sqlite_integrity", asset=CANONICAL, blocking=True),
+    ],
 )
 def games_canonical(
     context: dg.AssetExecutionContext,
@@ -109,6 +112,11 @@ def games_canonical(
                 passed=merged.sha256 is None or merged.durable_copies >= wanted,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"required": wanted, "have": merged.durable_copies},
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="sqlite_integrity",
+                passed=not merged.integrity_problems,
+                metadata={"problems": dg.MetadataValue.json(merged.integrity_problems[:20])},
+            ),
         ],
     )

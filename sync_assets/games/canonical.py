@@ -10,7 +10,6 @@ and replicated to the other durable nodes. One writer per config: a catalog leas
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pandas as pd
 
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
-from resources.transport import Transports
+from resources.transport import Transports, python_for, sqlite_snapshot
 from resources.transport.base import CopyItem, CopyResult, TransferError
 from sync_assets.games import merge as merge_module
 from sync_assets.games.collect import SNAPSHOT_KIND, collected_path
@@ -27,6 +26,7 @@ from sync_assets.replication import ReplicationResult, copy_recorded, replicate
 
 CANONICAL_KIND = "games_canonical"
 MERGE_SOURCE = Path(merge_module.__file__).read_bytes()
+SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
 
 
 def canonical_path(config: str) -> str:
@@ -42,12 +42,8 @@ class CanonicalResult:
     sha256: str | None = None
     size: int = 0
     moved: ReplicationResult = field(default_factory=ReplicationResult)
+    integrity_problems: list[str] = field(default_factory=list)
     durable_copies: int = 0
-
-
-def _python_for(node: Node) -> str:
-    """The interpreter that runs merge.py on the node (this one for local nodes)."""
-    return sys.executable if node.transport == "local" else "python3"
 
 
 def _choose_primary(fleet: Fleet, replicas: pd.DataFrame, current: str | None) -> Node:
@@ -122,6 +118,10 @@ def merge_canonical(
         transport = transports.for_node(primary)
         target = canonical_path(config)
         if transport.stat(primary, target) is not None:
+            result.integrity_problems = _check_integrity(primary, target, transports)
+            if result.integrity_problems:
+                # A damaged corpus must not replace good copies elsewhere.
+                return result
             sha = transport.sha256(primary, target)
             size = transport.stat(primary, target).size  # type: ignore[union-attr]
             catalog.add_artifact(
@@ -173,11 +173,22 @@ def _stage_on_primary(
                 moved.failures.append(str(outcome))
 
 
+def _check_integrity(node: Node, path: str, transports: Transports) -> list[str]:
+    """SQLite integrity of a DB on its node, checked there (the file never travels)."""
+    argv = [python_for(node), "-", "check", path]
+    done = transports.for_node(node).exec(node, argv, stdin=SNAPSHOT_SOURCE, timeout=6 * 3600)
+    try:
+        problems: list[str] = json.loads(done.stdout)["problems"]
+    except (ValueError, KeyError, TypeError):
+        problems = [f"check failed: {done.stderr.decode(errors='replace').strip()[-500:]}"]
+    return problems
+
+
 def _run_merge(
     primary: Node, config: str, args: list[str], transports: Transports
 ) -> dict[str, Any]:
     """Run merge.py on the primary; its JSON names the snapshots merged even on failure."""
-    argv = [_python_for(primary), "-", canonical_path(config), config, *args]
+    argv = [python_for(primary), "-", canonical_path(config), config, *args]
     done = transports.for_node(primary).exec(primary, argv, stdin=MERGE_SOURCE, timeout=6 * 3600)
     try:
         stats: dict[str, Any] = json.loads(done.stdout)

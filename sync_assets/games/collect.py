@@ -61,7 +61,8 @@ def collected_path(artifact: pd.Series) -> str:
 
 
 def _fingerprint(db: RemoteFile, wal: RemoteFile | None) -> str:
-    wal_part = f"{wal.size}:{wal.mtime_ns}" if wal else "-"
+    # An empty WAL holds nothing (a read-only snapshot creates one beside an idle DB).
+    wal_part = f"{wal.size}:{wal.mtime_ns}" if wal and wal.size else "-"
     return f"{db.size}:{db.mtime_ns}:{wal_part}"
 
 

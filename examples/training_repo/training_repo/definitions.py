@@ -17,7 +17,7 @@ import dagster as dg
 
 from resources.inventory import FleetInventory
 from sync_assets.partitions import configs_partitions
-from sync_assets.report import validate_report
+from sync_assets.reporting import validate_report
 from training_repo.train import ShardError, inputs_of, publish, train
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])

@@ -649,15 +649,3 @@ def _show(value: Any) -> str:
 def _one_line(text: str) -> str:
     """Problems are one line each: collapse whatever a remote error message contained."""
     return " ".join(text.split())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sync_assets.report KIND ...`: the same command until the CLI wires it."""
-    parser = argparse.ArgumentParser(prog="fleetsync")
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

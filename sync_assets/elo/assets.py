@@ -1,0 +1,229 @@
+"""`elo/matches` [node], `elo/ratings` [config], `elo/on_node` [node]: thin wrappers over
+collect / publish, reporting what an operator reads in the UI."""
+
+import dagster as dg
+import pandas as pd
+
+from resources.catalog import Catalog
+from resources.inventory import FleetInventory
+from resources.transport import Transports
+from sync_assets.elo.collect import ELO_DB, EloDbUnreadable, collect_node_matches
+from sync_assets.elo.identity import CROSS_CONFIG_REASONS
+from sync_assets.elo.publish import (
+    RATINGS_DB,
+    is_read_only,
+    publish_on_node,
+    recompute_ratings,
+)
+from sync_assets.elo.ratings import DEFAULT_ANCHORS
+from sync_assets.metadata import raise_on_failures, table, transfer_metadata
+from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.retries import NETWORK_RETRY
+
+MATCHES = dg.AssetKey(["elo", "matches"])
+RATINGS = dg.AssetKey(["elo", "ratings"])
+ON_NODE = dg.AssetKey(["elo", "on_node"])
+
+
+@dg.asset(
+    key=MATCHES,
+    partitions_def=nodes_partitions,
+    group_name="elo",
+    kinds={"sqlite"},
+    retry_policy=NETWORK_RETRY,
+    pool="transfers",
+    description=f"Raw match rows of the node's {ELO_DB}: snapshotted consistently, checked "
+    "on the node, collected to ≥ policy.min_replicas.elo durable nodes and unioned by "
+    "match id into elo/fleet_matches.db on the primary durable node.",
+    check_specs=[dg.AssetCheckSpec("durable_copies", asset=MATCHES)],
+)
+def elo_matches(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    node = fleet.node(context.partition_key)
+    try:
+        collected = collect_node_matches(node, fleet, catalog, transports)
+    except EloDbUnreadable as exc:
+        # A corrupt or foreign file stays so on retry: fail once, clearly.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    moved = collected.replication
+    moved.add(collected.union.moved)
+    raise_on_failures(moved, f"node {node.name}: collecting Elo matches")
+    totals = collected.union.totals
+    wanted = fleet.policy.min_replicas.elo
+    return dg.MaterializeResult(
+        metadata={
+            "elo_db": ELO_DB if collected.elo_db else "none on this node",
+            "snapshot_taken": collected.snapshot_taken,
+            "unchanged": collected.unchanged,
+            "snapshot_sha256": collected.snapshot_sha256 or "none",
+            "matches_in_snapshot": collected.check.get("seen", 0),
+            "primary_node": collected.union.primary or "none",
+            "snapshots_unioned": collected.union.snapshots_unioned,
+            "matches_seen": totals.get("seen", 0),
+            "matches_added": totals.get("added", 0),
+            "duplicates": totals.get("duplicates", 0),
+            "collisions_kept": totals.get("collisions_kept", 0),
+            "rejected": dg.MetadataValue.json(totals.get("rejected", {})),
+            "fleet_matches": collected.union.rows,
+            **transfer_metadata(moved),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="durable_copies",
+                passed=not collected.under_replicated,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "required": wanted,
+                    "copies": dg.MetadataValue.json(collected.durable_copies),
+                },
+            )
+        ],
+    )
+
+
+def _anchors_check(published: pd.DataFrame) -> dg.AssetCheckResult:
+    """Every anchor that played sits exactly at its pinned rating with zero uncertainty,
+    and at least one anchor played (else the config's ratings float off the scale)."""
+    present = published[published["participant_id"].isin(list(DEFAULT_ANCHORS))]
+    off = [
+        f"{r.participant_id}: {r.rating} ± {r.uncertainty}, pinned at {pinned}"
+        for r in present.itertuples(index=False)
+        if r.rating != (pinned := DEFAULT_ANCHORS[str(r.participant_id)]) or r.uncertainty != 0
+    ]
+    unanchored = not published.empty and present.empty
+    return dg.AssetCheckResult(
+        check_name="anchors_pinned",
+        passed=not off and not unanchored,
+        metadata={
+            "anchors_present": dg.MetadataValue.json(sorted(present["participant_id"])),
+            "not_pinned": dg.MetadataValue.json(off),
+            "no_anchor_played": unanchored,
+        },
+    )
+
+
+@dg.asset(
+    key=RATINGS,
+    partitions_def=configs_partitions,
+    deps=[dg.AssetDep(MATCHES, partition_mapping=dg.AllPartitionMapping())],
+    group_name="elo",
+    kinds={"sqlite"},
+    retry_policy=NETWORK_RETRY,
+    description=f"Ratings of the config recomputed from all its raw matches (never merged), "
+    f"participants identified by model SHA-256, cross-config matches rejected; the "
+    f"config's rows of {RATINGS_DB} rewritten atomically on every durable node.",
+    check_specs=[
+        dg.AssetCheckSpec("anchors_pinned", asset=RATINGS, blocking=True),
+        dg.AssetCheckSpec("no_cross_config_matches", asset=RATINGS),
+        dg.AssetCheckSpec("durable_copies", asset=RATINGS),
+    ],
+)
+def elo_ratings(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    config = context.partition_key
+    result = recompute_ratings(config, fleet, catalog, transports)
+    raise_on_failures(result.moved, f"config {config}: publishing {RATINGS_DB}")
+    selection = result.selection
+    assert selection is not None
+    published = result.published
+    view = published[
+        ["participant_id", "rating", "uncertainty", "games", "wins", "losses", "draws"]
+    ].sort_values("rating", ascending=False)
+    foreign = {
+        pid: own
+        for pid, own in selection.participant_configs.items()
+        if own is not None and own != config
+    }
+    read_only = {n: is_read_only(m) for n, m in result.verified.items()}
+    wanted = fleet.policy.min_replicas.elo
+    return dg.MaterializeResult(
+        metadata={
+            "ratings": table(view.round({"rating": 1, "uncertainty": 1})),
+            "participants": len(published),
+            "matches_used": len(selection.matches),
+            "rejected_cross_config": selection.cross_config,
+            "rejected": dg.MetadataValue.json(selection.rejected),
+            "fit_iterations": result.fit_iterations,
+            "fit_converged": result.fit_converged,
+            "changed": result.changed,
+            "ratings_sha256": result.sha256 or "none",
+            "primary_node": result.union.primary or "none",
+            "durable_copies": dg.MetadataValue.json(result.verified),
+            **transfer_metadata(result.moved),
+        },
+        check_results=[
+            _anchors_check(published),
+            dg.AssetCheckResult(
+                check_name="no_cross_config_matches",
+                passed=not foreign,
+                metadata={
+                    "rejected_matches": dg.MetadataValue.json(
+                        {r: selection.rejected[r] for r in CROSS_CONFIG_REASONS}
+                    ),
+                    "rated_participants_of_other_configs": dg.MetadataValue.json(foreign),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name="durable_copies",
+                passed=result.sha256 is None
+                or (sum(read_only.values()) >= wanted and all(read_only.values())),
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"required": wanted, "read_only": dg.MetadataValue.json(read_only)},
+            ),
+        ],
+    )
+
+
+@dg.asset(
+    key=ON_NODE,
+    partitions_def=nodes_partitions,
+    deps=[dg.AssetDep(RATINGS, partition_mapping=dg.AllPartitionMapping())],
+    group_name="elo",
+    kinds={"sqlite"},
+    retry_policy=NETWORK_RETRY,
+    pool="transfers",
+    description=f"The current {RATINGS_DB} on this eval node, verified there (SHA-256, "
+    "SQLite readable) and read-only (0444); nothing on other nodes.",
+    check_specs=[dg.AssetCheckSpec("verified_read_only", asset=ON_NODE)],
+)
+def elo_on_node(
+    context: dg.AssetExecutionContext,
+    inventory: FleetInventory,
+    catalog: Catalog,
+    transports: Transports,
+) -> dg.MaterializeResult:
+    fleet = inventory.load()
+    node = fleet.node(context.partition_key)
+    result = publish_on_node(node, fleet, catalog, transports)
+    raise_on_failures(result.moved, f"node {node.name}: publishing {RATINGS_DB}")
+    verified = result.verified
+    expected = result.eval_node and result.sha256 is not None
+    ok = not expected or (
+        verified.get("sha256") == result.sha256 and is_read_only(verified.get("mode", "0"))
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "eval_node": result.eval_node,
+            "ratings_sha256": result.sha256 or "none",
+            "mode": verified.get("mode", "n/a"),
+            "rows": verified.get("rows", 0),
+            **transfer_metadata(result.moved),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="verified_read_only",
+                passed=ok,
+                metadata={"expected": expected, "verified": dg.MetadataValue.json(verified)},
+            )
+        ],
+    )
