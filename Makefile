@@ -30,8 +30,11 @@ test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-bench: venv
+bench: venv system-deps
 	$(BIN)/python bench/bench_merge.py
+	$(BIN)/python bench/bench_transfer.py
+	$(BIN)/python bench/bench_export.py
+	$(BIN)/python bench/bench_elo.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
