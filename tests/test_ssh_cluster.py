@@ -748,3 +748,20 @@ def test_breaker_opens_on_a_dead_durable_node_and_the_planner_routes_around_it(
         for rep in mine.itertuples(index=False):
             assert file_sha256(Path(fleet.node(rep.node).data_root) / rep.path) == snap.sha256
     assert not node_processes(sshd, ["store-1"]), "store-1 came back by itself"
+
+
+@pytest.mark.cluster
+def test_command_output_is_never_truncated(sshd_fleet):
+    """sshd may send the exit status before the last output bytes: all must arrive."""
+    from resources.inventory import Node
+    from resources.transport.ssh import SshTransport
+
+    fleet = sshd_fleet(["a"])
+    node = Node(roles=["storage"], **fleet.inventory_nodes()[0])
+    transport = SshTransport()
+    try:
+        for _ in range(30):
+            done = transport.exec(node, ["head", "-c", "3000000", "/dev/zero"])
+            assert len(done.stdout) == 3_000_000
+    finally:
+        transport.close()

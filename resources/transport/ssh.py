@@ -189,8 +189,12 @@ class SshTransport(Transport):
                     stdout += channel.recv(CHUNK_BYTES)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(CHUNK_BYTES)
-                if channel.exit_status_ready() and not (
-                    channel.recv_ready() or channel.recv_stderr_ready()
+                # The exit status can arrive before the command's last output: stop only
+                # once the channel has also seen EOF, or stdout comes back truncated.
+                if (
+                    channel.exit_status_ready()
+                    and channel.eof_received
+                    and not (channel.recv_ready() or channel.recv_stderr_ready())
                 ):
                     break
                 remaining = deadline - time.monotonic()
