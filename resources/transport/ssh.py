@@ -30,11 +30,11 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
-from resources.transport import publish_batch, sqlite_snapshot
+from resources.transport import node_agent, sqlite_snapshot
 from resources.transport.base import (
     Argv,
     ChecksumMismatch,
@@ -62,7 +62,11 @@ if TYPE_CHECKING:
     from resources.inventory import Node
 
 SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
-PUBLISH_SOURCE = Path(publish_batch.__file__).read_text()
+# The agent runs on the system interpreter when there is one: `python3` on PATH may be
+# a pyenv or conda shim costing ~0.2 s per start; -I: no PYTHON* variables, no user site.
+AGENT_COMMAND = 'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I -c ' + shlex.quote(
+    Path(node_agent.__file__).read_text()
+)
 CHUNK_BYTES = 1 << 20
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
@@ -190,10 +194,11 @@ class SshTransport(Transport):
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(CHUNK_BYTES)
                 # The exit status can arrive before the command's last output: stop only
-                # once the channel has also seen EOF, or stdout comes back truncated.
+                # once the channel has also seen EOF (or died with its connection), or
+                # stdout comes back truncated.
                 if (
                     channel.exit_status_ready()
-                    and channel.eof_received
+                    and (channel.eof_received or channel.closed)
                     and not (channel.recv_ready() or channel.recv_stderr_ready())
                 ):
                     break
@@ -393,19 +398,28 @@ class SshTransport(Transport):
         dst_rel, final = self._abs(dst, dst_path, "copy: target")
         what = f"copy {src.name}:{src_rel!r} -> {dst.name}:{dst_rel!r}"
         size = self._size_or_fail(src, src_rel, what)
-        if self._has_copy(dst, dst_rel, size, expected):
-            return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
         # The same staging name on every attempt: rsync resumes from its partial file.
         staging = posixpath.join(dst.data_root, staging_name(dst_rel, token=expected[:16]))
         if dst.pull_key:
-            self._pull(src, source, dst, staging, what)
-        else:
-            self._relay(src, source, dst, staging, what)
-        self._publish(dst, staging, final, expected, what)
+            rsync = [
+                "rsync", "--secluded-args", "--times", "--partial-dir=.rsync-partial",
+                "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
+                "--", f"{src.user}@{src.host}:{source}", staging,
+            ]  # fmt: skip
+            job = {"mode": "pull", "final": final, "staging": staging, "sha256": expected,
+                   "size": size, "rsync": rsync, **self._pin_job(src, dst)}  # fmt: skip
+            reply = self._agent(dst, job, what, src)
+            return CopyResult(dst_rel, expected, size, reply["moved"], time.monotonic() - started)
+        if self._has_copy(dst, dst_rel, size, expected):
+            return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
+        self._relay(src, source, dst, staging, what)
+        job = {"mode": "publish", "staging": staging, "final": final, "sha256": expected}
+        self._agent(dst, job, what, src)
         return CopyResult(dst_rel, expected, size, size, time.monotonic() - started)
 
     def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
-        """A batch in one stream (rsync --files-from, or a relayed tar) and one verify step."""
+        """A batch in one stream (rsync --files-from, or a relayed tar), verified and
+        published by the node agent in the same remote command as the pull."""
         if len(items) <= 1:
             return super().copy_many(src, dst, items)
         started = time.monotonic()
@@ -417,19 +431,24 @@ class SshTransport(Transport):
         # Deterministic batch directory: a retried batch resumes into the same place.
         token = hashlib.sha256("".join(sorted(r[3] for r in rels)).encode()).hexdigest()[:16]
         batch = posixpath.join(dst.data_root, f"{STAGING_PREFIX}batch.{token}")
-        names = "\0".join(r[0] for r in rels).encode() + b"\0"
         what = f"copy {len(items)} files {src.name} -> {dst.name}"
-        if dst.pull_key:
-            self._pull_batch(src, dst, batch, names, what)
-        else:
-            self._relay_batch(src, dst, batch, names, what)
         plan = [[posixpath.join(batch, r[0]), r[2], r[3]] for r in rels]
-        done = self._run(
-            dst, shlex.join(["python3", "-c", PUBLISH_SOURCE]), stdin=json.dumps(plan).encode(),
-            timeout=24 * 3600,
-        )  # fmt: skip
-        outcomes = json.loads(self._check(dst, done, f"{what}: publish"))
-        self._run(dst, f"rm -rf -- {shlex.quote(batch)}")
+        if dst.pull_key:
+            rsync = [
+                "rsync", "--secluded-args", "--times", "--from0", "--files-from=-",
+                "--partial-dir=.rsync-partial", "-e", self._peer_ssh(src, dst),
+                *_bwlimit(src, dst), "--", f"{src.user}@{src.host}:{src.data_root}/",
+                batch + "/",
+            ]  # fmt: skip
+            job = {"mode": "batch", "plan": plan, "batch": batch, "rsync": rsync,
+                   "names": [r[0] for r in rels], **self._pin_job(src, dst)}  # fmt: skip
+            outcomes = self._agent(dst, job, what, src)["results"]
+        else:
+            names = "\0".join(r[0] for r in rels).encode() + b"\0"
+            self._relay_batch(src, dst, batch, names, what)
+            job = {"mode": "batch-publish", "plan": plan}
+            outcomes = self._agent(dst, job, what, src)["results"]
+            self._run(dst, f"rm -rf -- {shlex.quote(batch)}")
         seconds = time.monotonic() - started
         results: CopyOutcomes = []
         for (_src_rel, dst_rel, _abs, sha), outcome in zip(rels, outcomes, strict=True):
@@ -441,16 +460,26 @@ class SshTransport(Transport):
                 results.append(error(f"{what}: {dst_rel!r}: {outcome['error']}"))
         return results
 
-    def _pull_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
-        rsync = [
-            "rsync", "--secluded-args", "--times", "--from0", "--files-from=-",
-            "--partial-dir=.rsync-partial", "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
-            "--", f"{src.user}@{src.host}:{src.data_root}/", batch + "/",
-        ]  # fmt: skip
-        command = f"{self._pin_peer(src, dst)} && {shlex.join(rsync)}"
-        done = self._run(dst, command, stdin=names, timeout=24 * 3600)
-        if done.returncode != 0:
-            raise _rsync_failed(src, dst, done, what)
+    def _agent(self, dst: Node, job: dict[str, Any], what: str, src: Node) -> dict[str, Any]:
+        """Run one node-agent job on the target; its reply, or the failure it reports
+        (a lost link to the source counts toward the source's breaker)."""
+        done = self._run(dst, AGENT_COMMAND, json.dumps(job).encode(), timeout=24 * 3600)
+        reply: dict[str, Any] = json.loads(self._check(dst, done, what))
+        if "error" not in reply:
+            return reply
+        message = f"{what}: {reply['error']}"
+        if reply.get("mismatch"):
+            raise ChecksumMismatch(message)
+        if reply.get("rc") in _RSYNC_LINK_EXITS:
+            raise NodeUnreachable(src.name, message)
+        raise TransferError(message)
+
+    def _pin_job(self, src: Node, dst: Node) -> dict[str, str]:
+        """Where dst's ssh finds src's pinned host key, and the line to write there."""
+        return {
+            "known_hosts": self._peer_known_hosts(src, dst),
+            "pin": f"{_known_hosts_name(src)} {src.host_key}\n",
+        }
 
     def _relay_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
         send = f"cd -- {shlex.quote(src.data_root)} && tar -cf - --null -T -"
@@ -470,15 +499,6 @@ class SshTransport(Transport):
     def _peer_known_hosts(self, src: Node, dst: Node) -> str:
         return posixpath.join(dst.data_root, ".fleetsync", f"known_hosts.{src.name}")
 
-    def _pin_peer(self, src: Node, dst: Node) -> str:
-        """Shell step on dst: write src's pinned host key where dst's ssh will check it."""
-        known_hosts = self._peer_known_hosts(src, dst)
-        pin = f"{_known_hosts_name(src)} {src.host_key}\n"
-        return (
-            f"mkdir -p -- {shlex.quote(posixpath.dirname(known_hosts))} && "
-            f"printf %s {shlex.quote(pin)} > {shlex.quote(known_hosts)}"
-        )
-
     def _peer_ssh(self, src: Node, dst: Node) -> str:
         """The `-e` command dst's rsync uses to reach src: dst's own key, src's pinned key."""
         return shlex.join(
@@ -491,27 +511,6 @@ class SshTransport(Transport):
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
             ]
         )  # fmt: skip
-
-    def _pull(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
-        """The receiver runs rsync against the source's sshd, pinned host key, own key."""
-        rsync = [
-            "rsync", "--secluded-args", "--times", "--partial-dir=.rsync-partial",
-            "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
-            "--", f"{src.user}@{src.host}:{source}", staging,
-        ]  # fmt: skip
-        folder, name = posixpath.split(staging)
-        # rsync's own in-flight file (`.NAME.XXXXXX`; no second dot for a dot-name)
-        # survives a SIGKILLed rsync; the staging name is the same on every attempt,
-        # so a retry can clear it first.
-        hidden = name if name.startswith(".") else f".{name}"
-        leftover = shlex.quote(f"{folder}/{hidden}.") + "??????"
-        command = (
-            f"{self._pin_peer(src, dst)} && mkdir -p -- {shlex.quote(folder)} && "
-            f"rm -f -- {leftover} && {shlex.join(rsync)}"
-        )
-        done = self._run(dst, command, timeout=24 * 3600)
-        if done.returncode != 0:
-            raise _rsync_failed(src, dst, done, what)
 
     def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
         receive = (
@@ -563,22 +562,6 @@ class SshTransport(Transport):
                 raise NodeUnreachable(src.name, message)
             raise TransferError(message)
 
-    def _publish(self, dst: Node, staging: str, final: str, expected: str, what: str) -> None:
-        """On the target: hash the staged bytes, rename only on a match, else remove them."""
-        s, f = shlex.quote(staging), shlex.quote(final)
-        command = (
-            f"got=$(sha256sum -- {s} | cut -c1-64) || exit 4; "
-            f'if [ "$got" != {shlex.quote(expected)} ]; then rm -f -- {s}; '
-            'echo "$got"; exit 3; fi; '
-            f"sync -- {s} 2>/dev/null; mv -f -- {s} {f} && "
-            f"sync -- {shlex.quote(posixpath.dirname(final))} 2>/dev/null; exit 0"
-        )
-        done = self._run(dst, command, timeout=3600)
-        if done.returncode == 3:
-            got = done.stdout.decode(errors="replace").strip()
-            raise ChecksumMismatch(f"{what}: verify at target: sha256 {got} != expected {expected}")
-        self._check(dst, done, f"{what}: publish")
-
     def _ssh_argv(self, node: Node) -> Argv:
         """OpenSSH client for bulk streams: same pinned host key and key as paramiko."""
         known_hosts = self._workdir / f"known_hosts.{node.name}"
@@ -600,16 +583,6 @@ class SshTransport(Transport):
 # 255 ssh could not connect, 12 stream broke, 10 socket I/O, 35 timeout.
 _RSYNC_LINK_EXITS = frozenset({255, 12, 10, 35})
 SSH_FAILED = 255  # OpenSSH's own exit code for connection and auth failures
-
-
-def _rsync_failed(src: Node, dst: Node, done: ExecResult, what: str) -> TransferError:
-    message = (
-        f"{what}: rsync on {dst.name} exited {done.returncode}: "
-        f"{done.stderr.decode(errors='replace').strip()[-800:]}"
-    )
-    if done.returncode in _RSYNC_LINK_EXITS:
-        return NodeUnreachable(src.name, message)
-    return TransferError(message)
 
 
 def _mtime_ns(value: str) -> int:
