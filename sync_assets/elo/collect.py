@@ -17,7 +17,6 @@ that changes simply catches up.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +25,15 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import CopyItem, CopyResult, NodeUnreachable, TransferError
+from resources.transport.base import (
+    CopyItem,
+    CopyResult,
+    NodeUnreachable,
+    RemoteFile,
+    TransferError,
+)
 from sync_assets.elo.remote import MATCHES_SCRIPT, NodeScriptFailed, run_script, waiting_lease
-from sync_assets.placement import durable_copies
+from sync_assets.live_db import Snapshot, release_staging, snapshot_if_changed
 from sync_assets.replication import (
     ReplicationResult,
     copy_recorded,
@@ -39,7 +44,6 @@ from sync_assets.replication import (
 ELO_DB = "elo/unified_elo.db"
 MATCHES_DB = "elo/fleet_matches.db"
 SNAPSHOT_KIND = "elo_snapshot"
-STAGING_DIR = ".fleetsync/snapshots"
 UNION_LEASE = "elo/fleet_matches"
 
 
@@ -77,40 +81,30 @@ def collected_path(artifact: pd.Series) -> str:
     return f"elo/collected/{artifact['origin_node']}/unified_elo.{artifact.name[:16]}.db"
 
 
-def _fingerprint(transports: Transports, node: Node, db_size: int, db_mtime: int) -> str:
-    wal = transports.for_node(node).stat(node, f"{ELO_DB}-wal")
-    return f"{db_size}:{db_mtime}:{f'{wal.size}:{wal.mtime_ns}' if wal else '-'}"
+def _checked_snapshot(
+    node: Node, db: RemoteFile, transports: Transports, catalog: Catalog, result: MatchesResult
+) -> Snapshot:
+    """Snapshot if changed, read through once on the node before anything is recorded."""
 
+    def check(staging: str) -> None:
+        try:
+            result.check = run_script(node, transports, MATCHES_SCRIPT, ["check", staging])
+        except NodeScriptFailed as exc:
+            raise EloDbUnreadable(
+                f"node {node.name}: {ELO_DB} cannot be read as an Elo DB: {exc}"
+            ) from exc
 
-def _snapshot(node: Node, transports: Transports, catalog: Catalog, result: MatchesResult) -> str:
-    """Snapshot, check on the node, then register; nothing is recorded on failure."""
-    transport = transports.for_node(node)
-    staging = f"{STAGING_DIR}/{ELO_DB}.{time.time_ns()}"
     try:
-        snap = transport.snapshot_sqlite(node, ELO_DB, staging)
-    except NodeUnreachable:
+        return snapshot_if_changed(
+            node, db, kind=SNAPSHOT_KIND, config=None, catalog=catalog, transports=transports,
+            check=check,
+        )  # fmt: skip
+    except (NodeUnreachable, EloDbUnreadable):
         raise
     except TransferError as exc:
         raise EloDbUnreadable(
             f"node {node.name}: {ELO_DB} is not a readable SQLite DB: {exc}"
         ) from exc
-    try:
-        result.check = run_script(node, transports, MATCHES_SCRIPT, ["check", staging])
-    except NodeScriptFailed as exc:
-        transport.remove(node, staging)
-        raise EloDbUnreadable(
-            f"node {node.name}: {ELO_DB} cannot be read as an Elo DB: {exc}"
-        ) from exc
-    sha = transport.sha256(node, staging)
-    if (catalog.artifacts_frame([SNAPSHOT_KIND])["sha256"] == sha).any():
-        transport.remove(node, staging)  # same bytes as a snapshot already held
-    else:
-        catalog.add_artifact(
-            sha, kind=SNAPSHOT_KIND, config=None, name=ELO_DB, size=snap.size,
-            origin_node=node.name,
-        )  # fmt: skip
-        catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
-    return sha
 
 
 def collect_node_matches(
@@ -124,37 +118,18 @@ def collect_node_matches(
     db = transport.stat(node, ELO_DB)
     if db is not None:
         result.elo_db = True
-        fingerprint = _fingerprint(transports, node, db.size, db.mtime_ns)
-        previous = catalog.source_state(node.name, ELO_DB)
-        if previous and previous[0] == fingerprint:
-            result.unchanged = True
-            result.snapshot_sha256 = previous[1]
-        else:
-            sha = _snapshot(node, transports, catalog, result)
-            catalog.set_source_state(node.name, ELO_DB, fingerprint, sha)
-            result.snapshot_taken = True
-            result.snapshot_sha256 = sha
+        snapshot = _checked_snapshot(node, db, transports, catalog, result)
+        result.snapshot_taken, result.unchanged = snapshot.taken, not snapshot.taken
+        result.snapshot_sha256 = snapshot.sha256
 
     artifacts = catalog.artifacts_frame([SNAPSHOT_KIND])
     mine = artifacts[artifacts["origin_node"] == node.name]
     result.replication = replicate(mine["sha256"], fleet, catalog, transports, collected_path)
-    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    copies = durable_copies(replicas, catalog.nodes_frame())
-    wanted = fleet.policy.min_replicas.elo
-    for art in mine.itertuples(index=False):
-        n = int(copies.get(art.sha256, 0))
-        result.durable_copies[art.sha256[:16]] = n
-        if n < wanted:
-            result.under_replicated.append(art.sha256)
-            continue
-        staged = replicas[
-            (replicas["sha256"] == art.sha256)
-            & (replicas["node"] == node.name)
-            & (replicas["state"] == "staging")
-        ]
-        for path in staged["path"]:
-            transport.remove(node, path)
-            catalog.drop_replica(art.sha256, node.name, path)
+    settled = release_staging(
+        node, mine, SNAPSHOT_KIND, fleet.policy.min_replicas.elo, catalog, transports
+    )
+    result.durable_copies = {sha[:16]: n for sha, n in settled.durable_copies.items()}
+    result.under_replicated = settled.under_replicated
     result.union = union_all(fleet, catalog, transports)
     return result
 
