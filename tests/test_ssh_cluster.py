@@ -44,8 +44,9 @@ from sync_assets.demo import DEMO_CONFIGS, QUIET, build_demo_fleet, demo_nodes
 from sync_assets.fleet.assets import node_status
 from sync_assets.games.assets import games_canonical, games_selfplay
 from sync_assets.games.canonical import CANONICAL_KIND, canonical_path
-from sync_assets.games.collect import SNAPSHOT_KIND, STAGING_DIR, collect_node_games
+from sync_assets.games.collect import SNAPSHOT_KIND, collect_node_games
 from sync_assets.games.synth import generate_game_db
+from sync_assets.live_db import STAGING_DIR
 from sync_assets.placement import DiskFloor, plan_replication
 from sync_assets.replication import copy_recorded
 from sync_assets.sshd_fleet import SshdFleet
