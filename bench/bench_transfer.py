@@ -1,6 +1,7 @@
 """Transfer benchmark: fleetsync's SSH transport vs plain rsync over the same sshd.
 
-    python bench/bench_transfer.py [--quick] [--reps 5] [--dir D] [--no-prototype] [--no-doc]
+    python bench/bench_transfer.py [--quick] [--reps 5] [--only abc] [--dir D]
+                                   [--no-prototype] [--no-doc]
 
 Starts two real OpenSSH nodes (`SshdFleet`, loopback, under a temp dir on the same
 disk as the repo) and measures, in the same run, interleaved, alternating order:
@@ -12,19 +13,25 @@ disk as the repo) and measures, in the same run, interleaved, alternating order:
   b. 5,000 files of 64 KiB: `copy_many` ÷ one `rsync -a` of the directory.
      Floor: throughput ratio ≥ 0.8.
   c. no-op re-sync of 10,000 files already on both nodes and in the catalog:
-     `audit_node` of both nodes + `replicate` (which plans nothing) ÷
+     `audit_nodes` (both nodes at once) + `replicate` (which plans nothing) ÷
      `rsync -a --dry-run` of the directory. Floor: time ratio ≤ 1.0.
+
+Context rows run the same rsync started through the target's sshd, the way an
+orchestrator starts a command on a remote node (one more login shell).
 
 Every fleetsync measurement starts cold (a new SshTransport: its SSH handshakes are
 paid, as rsync pays its own). Before every measurement the previous outputs are
 removed, dirty pages are flushed (`sync`, so nobody pays for another's writeback)
 and the source is read into the page cache (so both read it warm; dropping caches
-needs privileges we do not have). Medians are gated; best and every rep are shown.
+needs privileges we do not have). The ratio of medians is gated; best, per-rep
+paired ratios and every rep are shown; a rep that raises is recorded, not timed,
+and fails the gate.
 
-Unless `--no-prototype`, each fleetsync case is also run through `ProposedSshTransport`,
-a subclass carrying the fixes recommended for `resources/transport/ssh.py`, to show
-their gain in the same conditions. Exits 1 if a floor is missed by the production
-transport; writes the "## Transfers" section of docs/BENCHMARKS.md.
+Unless `--no-prototype`, each fleetsync case is also run with the fixes still
+proposed (`ProposedSshTransport`, `AGENT_OVERRIDES`, `replicate_deficits`,
+`proposed_planner`: production plus deltas) to show their gain in the same
+conditions. Exits 1 if the production code misses a floor; a full run (not
+`--quick`, all cases) rewrites the "## Transfers" section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -1084,12 +1091,16 @@ through dst's sshd` is the same rsync paying that one extra shell.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 reps (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, 3 reps, no doc (a smoke run)"
+    )
     parser.add_argument("--reps", type=int, help="reps per contender (default 5, quick 3)")
     parser.add_argument("--dir", type=Path, help="parent of the temp dir (default: system tmp)")
     parser.add_argument("--no-prototype", action="store_true", help="skip `proposed` rows")
     parser.add_argument("--no-doc", action="store_true", help="do not update BENCHMARKS.md")
-    parser.add_argument("--only", default="abc", help="cases to run, e.g. `ac`")
+    parser.add_argument(
+        "--only", default="abc", help="cases to run, e.g. `ac` (a partial run writes no doc)"
+    )
     args = parser.parse_args(argv)
     args.reps = args.reps or (3 if args.quick else 5)
     big_mib, many, noop = (256, 1000, 2000) if args.quick else (1024, 5000, 10_000)
@@ -1113,7 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(cases)))
     print()
     print("\n".join(phases_lines(cases)))
-    if not args.no_doc:
+    if args.no_doc or args.quick or sorted(args.only) != ["a", "b", "c"]:
+        print(f"\n{SECTION!r} of {BENCH_DOC.relative_to(REPO)} left as it is (not a full run)")
+    else:
         write_section(section(args, env, cases))
         print(f"\nwrote the {SECTION!r} section of {BENCH_DOC.relative_to(REPO)}")
     missed = [c.key for c in cases if not c.ok()]
