@@ -111,12 +111,11 @@ CEIL_NOOP = 1.0  # time ratio, fleetsync ÷ rsync --dry-run
 # it patches has changed, so the `proposed` rows never measure stale code.
 
 # Appended to production's node agent (resources/transport/node_agent.py) before its
-# `main()` runs: a batch is hashed by a few threads while one syncfs flushes it (I/O
-# overlaps CPU; hashlib drops the GIL), and every step's time goes to stderr.
+# `main()` runs: a pull that trusts the hash alone when the source was not stat'ed,
+# and every step's time goes to stderr.
 AGENT_OVERRIDES = r'''
 import atexit as _atexit
 import time as _time
-from concurrent.futures import ThreadPoolExecutor as _Pool
 
 _TIMES = {}
 
@@ -129,45 +128,6 @@ def _timed(step, fn):
         finally:
             _TIMES[step] = _TIMES.get(step, 0.0) + _time.monotonic() - started
     return wrapper
-
-
-def _publish_many_overlapped(plan):
-    staged = [item[0] for item in plan]
-    flusher = threading.Thread(target=flush_all, args=(staged,)) if staged else None
-    if flusher:
-        flusher.start()
-
-    def digest(path):
-        try:
-            return sha256_of(path)
-        except OSError as exc:
-            return exc
-
-    with _Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(digest, staged))
-    if flusher:
-        flusher.join()
-    out, ok = [], []
-    for (path, final, expected), got in zip(plan, digests):
-        if isinstance(got, OSError):
-            out.append({"error": f"publish: {got}"})
-        elif got != expected:
-            os.unlink(path)
-            out.append(mismatch(got, expected))
-        else:
-            out.append({"size": os.path.getsize(path)})
-            ok.append((len(out) - 1, path, final))
-    dirs = set()
-    for i, path, final in ok:
-        try:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(path, final)
-            dirs.add(os.path.dirname(final))
-        except OSError as exc:
-            out[i] = {"error": f"publish: {exc}"}
-    for d in sorted(dirs):
-        fsync_dir(d)
-    return out
 
 
 _pull = pull
@@ -183,7 +143,7 @@ def pull(job):
 
 rsync = _timed("rsync", rsync)
 publish = _timed("verify+publish", publish)
-publish_many = _timed("hash | syncfs, rename", _publish_many_overlapped)
+publish_many = _timed("hash | syncfs, rename", publish_many)
 _atexit.register(lambda: sys.stderr.write("\nAGENT-TIMES " + json.dumps(_TIMES) + "\n"))
 '''
 _MAIN_GUARD = '\nif __name__ == "__main__":'
@@ -1042,8 +1002,8 @@ the fixes, measured in that run as `proposed` rows (1 GiB pull 1.23, 5,000 files
 6. `copy_between` stats the source before every pull: one more round trip, one
    more login shell (~0.3 s here). Let the agent report the size it received
    (`reply["size"]`; a job `size` of -1 = "not known, trust the hash").
-7. `node_agent.publish_many` hashes, then syncs: run the `syncfs` in a thread while
-   a few threads hash (hashlib releases the GIL) — `_publish_many_overlapped`.
+7. (done in production since: `node_agent.publish_many` runs the `syncfs` in a thread
+   while a few threads hash.)
 8. `SshTransport.list` parsing costs ~25 µs per entry: `safe_relpath` checks
    Unicode categories character by character and `any(...)` over an empty
    `bad_dirs` runs per entry. Accept at once a path matching `_PLAIN_PATH` (ASCII
