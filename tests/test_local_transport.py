@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from resources.transport.local import LocalTransport, sha256_file
 from resources.transport.paths import (
     STAGING_PREFIX,
     UnsafePathError,
+    _checked_relpath,
     is_ignored,
+    is_plain_relpath,
     safe_relpath,
     staging_name,
 )
@@ -98,6 +101,21 @@ def test_safe_relpath_accepts(raw: str, normalised: str) -> None:
 def test_safe_relpath_rejects(raw: str) -> None:
     with pytest.raises(UnsafePathError):
         safe_relpath(raw)
+
+
+def test_safe_relpath_fast_path_accepts_only_what_the_full_checks_return_unchanged() -> None:
+    """The regex shortcut for plain names must never let through what the full checks
+    refuse or would rewrite: compared on 20,000 random paths over a hostile alphabet."""
+    rng = random.Random(7)
+    alphabet = ["a", "Z", "0", "_", "-", ".", "/", " ", "\\", "\n", "\x00", "é", "$", "@", "%"]
+    shortcut = 0
+    for _ in range(20_000):
+        path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        if not is_plain_relpath(path):
+            continue
+        shortcut += 1
+        assert _checked_relpath(path) == path, path
+    assert shortcut > 500  # the alphabet exercises the shortcut, not only the slow path
 
 
 @pytest.mark.parametrize(

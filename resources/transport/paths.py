@@ -23,11 +23,16 @@ KNOWN_EXTENSIONS: frozenset[str] = frozenset(
 # Genuine second suffixes that look like random ones (`model.pth.sha256`).
 _REAL_SUFFIXES: frozenset[str] = KNOWN_EXTENSIONS | {"backup"}
 
-_IGNORED_DIRS: frozenset[str] = frozenset({".rsync-partial"})
+_IGNORED_DIR = ".rsync-partial"  # rsync's --partial-dir: never an artifact
 _IGNORED_SUFFIXES: tuple[str, ...] = (".tmp", ".partial", ".lock", "-wal", "-shm", "-journal")
 _UPLOAD_LEFTOVER = re.compile(
     r"\.(?:" + "|".join(sorted(KNOWN_EXTENSIONS)) + r")\.([A-Za-z0-9]{6,8})$"
 )
+# Paths `safe_relpath` returns unchanged, recognised by one regex instead of a scan of
+# every character: ASCII name characters, no empty, `.` or `..` component. A node's
+# listing is almost all such names; the rest take the full checks.
+_PLAIN_COMPONENT = r"(?!\.\.?(?:/|$))[\w.+,=@%-]+"
+_PLAIN_PATH = re.compile(rf"{_PLAIN_COMPONENT}(?:/{_PLAIN_COMPONENT})*", re.ASCII)
 # NAME_MAX is 255 bytes; keep room for the prefix and the random suffix.
 _MAX_STAGED_STEM_BYTES = 200
 
@@ -43,6 +48,19 @@ def safe_relpath(path: str) -> str:
     backslashes, NUL and other control characters (incl. newline, DEL), and
     names that are not valid UTF-8 (they cannot be stored or quoted reliably).
     """
+    if _PLAIN_PATH.fullmatch(path):
+        return path
+    return _checked_relpath(path)
+
+
+def is_plain_relpath(path: str) -> bool:
+    """True when `safe_relpath` returns `path` unchanged without its full checks: the
+    cheap test a listing of 10,000s of names makes first."""
+    return _PLAIN_PATH.fullmatch(path) is not None
+
+
+def _checked_relpath(path: str) -> str:
+    """`safe_relpath`'s full checks, for any path (the plain ones pass unchanged)."""
     if not path:
         raise UnsafePathError("empty path")
     try:
@@ -67,16 +85,18 @@ def is_ignored(relpath: str) -> bool:
     """True for temp/partial files that are never artifacts (and never shipped alone).
 
     `relpath` may be a bare name or a relative path; anything under an ignored
-    directory (`.rsync-partial/`) is ignored too.
+    directory (`.rsync-partial/`) is ignored too. (Called for every listed file: the
+    cheap tests come first.)
     """
-    parts = [p for p in relpath.split("/") if p]
-    if not parts:
+    name = relpath.rstrip("/").rpartition("/")[2]
+    if not name:
         return False
-    if _IGNORED_DIRS.intersection(parts):
+    if name.endswith(_IGNORED_SUFFIXES) or name.startswith(STAGING_PREFIX):
         return True
-    name = parts[-1]
-    if name.startswith(STAGING_PREFIX) or name.endswith(_IGNORED_SUFFIXES):
+    if _IGNORED_DIR in relpath and _IGNORED_DIR in relpath.split("/"):
         return True
+    if name.count(".") < 2:  # an upload leftover is `NAME.EXT.XXXXXX`
+        return False
     leftover = _UPLOAD_LEFTOVER.search(name)
     return leftover is not None and leftover.group(1).lower() not in _REAL_SUFFIXES
 
