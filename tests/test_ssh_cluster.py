@@ -38,6 +38,7 @@ from resources.inventory import (
 )
 from resources.transport import Transports
 from resources.transport.base import CopyItem, CopyResult, TransferError
+from resources.transport.local import LocalTransport
 from resources.transport.paths import UnsafePathError, is_ignored
 from resources.transport.ssh import HostKeyRefused, SshTransport
 from sync_assets.demo import DEMO_CONFIGS, QUIET, build_demo_fleet, demo_nodes
@@ -607,7 +608,19 @@ def test_hostile_names_over_ssh_listed_or_rejected_copied_intact_never_run(
     live_name = f"games/`touch {tag}` $(touch {tag}) it's.db"
     generate_game_db(root / live_name, configs=["hex8_2p"], n_games=5, seed=3)
     safe.append(live_name)
+    (root / "games" / "alias.db").symlink_to("it's.db")  # a sibling: listed as its target
 
+    listing = t.list(src, "")
+    assert {f.path for f in listing.files} == set(safe) | {"games/alias.db"}
+    # Exactly what LocalTransport sees in the same directory: paths, sizes (a link's
+    # are its target's), mtimes to the nanosecond, and the same refusals.
+    local = LocalTransport().list(src.model_copy(update={"transport": "local"}), "")
+    assert listing.files == local.files
+    assert listing.rejected == local.rejected
+    assert next(f for f in listing.files if f.path == "games/alias.db").size == len(
+        b"content of games/it's.db"
+    )
+    (root / "games" / "alias.db").unlink()
     listing = t.list(src, "")
     assert {f.path for f in listing.files} == set(safe)
     assert set(listing.rejected) == set(unsafe) | {

@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from resources.transport.paths import (
     STAGING_PREFIX,
     UnsafePathError,
     is_ignored,
+    is_plain_relpath,
     safe_relpath,
     staging_name,
 )
@@ -70,7 +72,12 @@ AGENT_COMMAND = 'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I 
 CHUNK_BYTES = 1 << 20
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
+# curve25519 first: the post-quantum hybrid OpenSSH 9 prefers costs ~0.1 s per
+# connection on a 2-core box, and the paramiko control channel to the same nodes is
+# curve25519 anyway. The hybrid stays allowed for servers that insist.
+KEX = "curve25519-sha256,curve25519-sha256@libssh.org,sntrup761x25519-sha512@openssh.com"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+Files = list[RemoteFile]
 
 
 class HostKeyRefused(NodeUnreachable):
@@ -95,6 +102,7 @@ class SshTransport(Transport):
         self.connect_timeout = connect_timeout
         self.keepalive_s = keepalive_s
         self._clients: dict[str, paramiko.SSHClient] = {}
+        self._connecting: dict[str, threading.Lock] = {}  # one handshake per node at a time
         self._lock = threading.Lock()
         # Pinned host keys for the OpenSSH bulk processes; removed by close() if ours.
         self._own_workdir = workdir is None
@@ -104,14 +112,27 @@ class SshTransport(Transport):
     # ---- connections -----------------------------------------------------------
 
     def _client(self, node: Node) -> paramiko.SSHClient:
+        """The node's live connection, made on first use. Handshakes with different
+        nodes run at once (a fleet-wide audit must not queue 100 of them); two threads
+        wanting the same node share one."""
         with self._lock:
-            client = self._clients.get(node.name)
-            transport = client.get_transport() if client else None
-            if client is not None and transport is not None and transport.is_active():
+            client = self._live(node)
+            if client is not None:
                 return client
-            client = self._connect(node)
-            self._clients[node.name] = client
+            connecting = self._connecting.setdefault(node.name, threading.Lock())
+        with connecting:
+            with self._lock:
+                client = self._live(node)
+            if client is None:
+                client = self._connect(node)
+                with self._lock:
+                    self._clients[node.name] = client
             return client
+
+    def _live(self, node: Node) -> paramiko.SSHClient | None:
+        client = self._clients.get(node.name)
+        transport = client.get_transport() if client else None
+        return client if transport is not None and transport.is_active() else None
 
     def _connect(self, node: Node) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
@@ -252,50 +273,56 @@ class SshTransport(Transport):
     # ---- reading ---------------------------------------------------------------
 
     def list(self, node: Node, subdir: str) -> Listing:
-        """One round trip: `find -printf` with NUL-separated fields (names may hold anything)."""
+        """One round trip: `find -printf` with NUL-separated fields (names may hold anything).
+
+        The output must end with a sentinel: a listing cut short is an error, never a
+        node with fewer files. Files vanishing while `find` walks are not an error."""
         if subdir in ("", "."):
             rel_dir, start = "", node.data_root
         else:
             rel_dir, start = self._abs(node, subdir, "list")
         q = shlex.quote(start)
-        # type, type of target, size, mtime, link target, path below start.
         command = (
-            f"[ -d {q} ] || exit 0; find {q} -mindepth 1 -printf '%y\\0%Y\\0%s\\0%T@\\0%l\\0%P\\0'"
+            f"[ -d {q} ] || {{ echo {_END}; exit 0; }}; "
+            f"find {q} -mindepth 1 -ignore_readdir_race -printf {shlex.quote(FIND_FORMAT)} "
+            f"&& echo {_END}"
         )
-        out = self._check(node, self._run(node, command), f"list {rel_dir or '.'}")
-        fields = out.split("\0")
-        files: list[RemoteFile] = []
-        rejected: list[str] = []
-        bad_dirs: list[str] = []
-        for i in range(0, len(fields) - 5, 6):
-            kind, target_kind, size, mtime, link, name = fields[i : i + 6]
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            if any(rel.startswith(d + "/") for d in bad_dirs):
-                continue
-            try:
-                safe_relpath(rel)
-            except UnsafePathError:
-                rejected.append(rel)
-                if kind == "d":
-                    bad_dirs.append(rel)
-                continue
-            if kind == "d" or is_ignored(rel):
-                continue
-            if kind == "l":
-                # Only a relative link to a regular file below its own directory.
-                try:
-                    ok = target_kind == "f" and not link.startswith("/") and safe_relpath(link)
-                except UnsafePathError:
-                    ok = False
-                if not ok:
-                    rejected.append(rel)
-                    continue
-            elif kind != "f":
-                rejected.append(rel)  # FIFO, socket, device
-                continue
-            files.append(RemoteFile(rel, int(size), _mtime_ns(mtime)))
+        what = f"list {rel_dir or '.'}"
+        body = _ended(node, self._check(node, self._run(node, command), what), what)
+        try:
+            files, links, rejected = parse_find_listing(body, rel_dir)
+        except ValueError as exc:
+            raise TransferError(f"node {node.name}: {what}: {exc}") from None
+        if links:
+            files = self._follow_links(node, files, links)
         files.sort(key=lambda f: f.path)
         return Listing(files=files, rejected=sorted(rejected))
+
+    def _follow_links(self, node: Node, files: Files, links: Sequence[str]) -> Files:
+        """A listed symlink reports its target's size and mtime, as LocalTransport's does
+        (one more command, only when links exist); a target gone meanwhile drops it."""
+        followed: dict[str, RemoteFile] = {}
+        for i in range(0, len(links), _ARGS_PER_COMMAND):
+            batch = [
+                posixpath.join(node.data_root, rel) for rel in links[i : i + _ARGS_PER_COMMAND]
+            ]
+            command = (
+                f"find -L {shlex.join(batch)} -maxdepth 0 -type f -printf '%s\\0%T@\\0%p\\0' "
+                f"2>/dev/null; echo {_END}"
+            )
+            out = self._run(node, command).stdout.decode(errors="surrogateescape")
+            fields = _ended(node, out, "list: follow links").split("\0")
+            root = node.data_root.rstrip("/") + "/"
+            for j in range(0, len(fields) - 2, 3):
+                size, mtime, path = fields[j : j + 3]
+                rel = path.removeprefix(root)
+                followed[rel] = RemoteFile(rel, int(size), _mtime_ns(mtime))
+        linked = frozenset(links)
+        return [
+            followed[f.path] if f.path in linked else f
+            for f in files
+            if f.path not in linked or f.path in followed
+        ]
 
     def stat(self, node: Node, path: str) -> RemoteFile | None:
         rel, absolute = self._abs(node, path, "stat")
@@ -397,19 +424,22 @@ class SshTransport(Transport):
         src_rel, source = self._abs(src, src_path, "copy: source")
         dst_rel, final = self._abs(dst, dst_path, "copy: target")
         what = f"copy {src.name}:{src_rel!r} -> {dst.name}:{dst_rel!r}"
-        size = self._size_or_fail(src, src_rel, what)
         # The same staging name on every attempt: rsync resumes from its partial file.
         staging = posixpath.join(dst.data_root, staging_name(dst_rel, token=expected[:16]))
         if dst.pull_key:
+            # No stat of the source first (one more login shell): the hash decides, and
+            # the agent reports the size it verified.
             rsync = [
                 "rsync", "--secluded-args", "--times", "--partial-dir=.rsync-partial",
                 "-e", self._peer_ssh(src, dst), *_bwlimit(src, dst),
                 "--", f"{src.user}@{src.host}:{source}", staging,
             ]  # fmt: skip
             job = {"mode": "pull", "final": final, "staging": staging, "sha256": expected,
-                   "size": size, "rsync": rsync, **self._pin_job(src, dst)}  # fmt: skip
+                   "rsync": rsync, **self._pin_job(src, dst)}  # fmt: skip
             reply = self._agent(dst, job, what, src)
-            return CopyResult(dst_rel, expected, size, reply["moved"], time.monotonic() - started)
+            seconds = time.monotonic() - started
+            return CopyResult(dst_rel, expected, reply["size"], reply["moved"], seconds)
+        size = self._size_or_fail(src, src_rel, what)
         if self._has_copy(dst, dst_rel, size, expected):
             return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
         self._relay(src, source, dst, staging, what)
@@ -501,16 +531,8 @@ class SshTransport(Transport):
 
     def _peer_ssh(self, src: Node, dst: Node) -> str:
         """The `-e` command dst's rsync uses to reach src: dst's own key, src's pinned key."""
-        return shlex.join(
-            [
-                "ssh", "-i", dst.pull_key or "", "-p", str(src.port), "-c", CIPHERS,
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={self._peer_known_hosts(src, dst)}",
-                "-o", f"ConnectTimeout={int(self.connect_timeout)}",
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-            ]
-        )  # fmt: skip
+        known_hosts = self._peer_known_hosts(src, dst)
+        return shlex.join(self._openssh(dst.pull_key or "", src.port, known_hosts))
 
     def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
         receive = (
@@ -569,13 +591,17 @@ class SshTransport(Transport):
             known_hosts.write_text(f"{_known_hosts_name(node)} {node.host_key}\n")
         else:
             known_hosts = Path(os.path.expanduser(node.known_hosts or "/nonexistent"))
+        key = os.path.expanduser(node.key or "")
+        return [*self._openssh(key, node.port, str(known_hosts)), f"{node.user}@{node.host}"]
+
+    def _openssh(self, key: str, port: int, known_hosts: str) -> Argv:
+        """An OpenSSH client for bulk bytes: one key, one pinned host key, no prompts."""
         return [
-            "ssh", "-i", os.path.expanduser(node.key or ""), "-p", str(node.port),
-            "-c", CIPHERS, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "ssh", "-i", key, "-p", str(port), "-c", CIPHERS, "-o", f"KexAlgorithms={KEX}",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "GSSAPIAuthentication=no",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
             "-o", f"ConnectTimeout={int(self.connect_timeout)}",
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-            f"{node.user}@{node.host}",
         ]  # fmt: skip
 
 
@@ -585,8 +611,85 @@ _RSYNC_LINK_EXITS = frozenset({255, 12, 10, 35})
 SSH_FAILED = 255  # OpenSSH's own exit code for connection and auth failures
 
 
+_END = "FLEETSYNC-END"  # last line of a listing: anything shorter was cut off
+_ARGS_PER_COMMAND = 1000  # paths per command line, far below ARG_MAX
+
+
+def _ended(node: Node, out: str, what: str) -> str:
+    """The output without its sentinel line, which it must end with."""
+    if not out.endswith(f"{_END}\n"):
+        raise TransferError(
+            f"node {node.name}: {what}: output ended early ({len(out)} bytes, no end marker)"
+        )
+    return out[: -len(_END) - 1]
+
+
+# Per entry: type, type of the link's target, link text | size | mtime | path below the
+# start (4 NUL-terminated fields; only a path or a link text could hold anything else).
+FIND_FORMAT = "%y%Y%l\\0%s\\0%T@\\0%P\\0"
+
+
+def parse_find_listing(body: str, rel_dir: str) -> tuple[Files, list[str], list[str]]:
+    """(files, symlinks among them, rejected names) from `find -printf FIND_FORMAT`
+    output for `rel_dir`. Pure: a node's names are data, and this decides what they are.
+
+    A regular file with a plain name (nearly all of them) takes the short path; anything
+    else gets the full checks: unsafe names are rejected (and everything below a rejected
+    directory skipped), temp files ignored, only relative links to a regular file below
+    their own directory accepted, FIFOs, sockets and devices rejected."""
+    fields = body.split("\0")
+    n = len(fields) - 1
+    if n % 4 or fields[n]:
+        raise ValueError(f"malformed listing ({n} fields, trailing {fields[n][:40]!r})")
+    prefix = f"{rel_dir}/" if rel_dir else ""
+    files: Files = []
+    links: list[str] = []
+    rejected: list[str] = []
+    bad_dirs: list[str] = []
+    entries = zip(fields[0:n:4], fields[1:n:4], fields[2:n:4], fields[3:n:4], strict=True)
+    for kinds, size, mtime, name in entries:
+        rel = prefix + name
+        if kinds == "ff" and is_plain_relpath(rel):  # below a rejected dir is never plain
+            if not is_ignored(rel):
+                files.append(RemoteFile(rel, int(size), _mtime_ns(mtime)))
+            continue
+        kind, target_kind, link = kinds[:1], kinds[1:2], kinds[2:]
+        if bad_dirs and any(rel.startswith(d + "/") for d in bad_dirs):
+            continue
+        try:
+            safe_relpath(rel)
+        except UnsafePathError:
+            rejected.append(rel)
+            if kind == "d":
+                bad_dirs.append(rel)
+            continue
+        if kind == "d" or is_ignored(rel):
+            continue
+        if kind == "l":
+            try:
+                ok = target_kind == "f" and not link.startswith("/") and safe_relpath(link)
+            except UnsafePathError:
+                ok = False
+            if not ok:
+                rejected.append(rel)
+                continue
+            links.append(rel)
+        elif kind != "f":
+            rejected.append(rel)  # FIFO, socket, device
+            continue
+        files.append(RemoteFile(rel, int(size), _mtime_ns(mtime)))
+    return files, links, rejected
+
+
 def _mtime_ns(value: str) -> int:
-    return int(Decimal(value) * 1_000_000_000)
+    """`find`'s `%T@` (seconds.fraction) as integer nanoseconds, without float rounding."""
+    seconds, _, fraction = value.partition(".")
+    if len(fraction) >= 9 and seconds.isdigit():  # GNU find prints 10 digits
+        return int(seconds + fraction[:9])
+    try:
+        return int(Decimal(value) * 1_000_000_000)  # before 1970, or a short fraction
+    except ArithmeticError:
+        raise ValueError(f"unreadable mtime {value[:40]!r}") from None
 
 
 def _bwlimit(src: Node, dst: Node) -> list[str]:
