@@ -76,6 +76,8 @@ replicas = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("verified_at", sa.Float, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # verified | staging
+    # The primary key leads with sha256; audits and placement ask per node.
+    sa.Index("ix_replicas_node_path", "node", "path"),
 )
 
 transfers = sa.Table(
@@ -298,15 +300,68 @@ class Catalog(dg.ConfigurableResource):
                 )
             )
 
-    def drop_replica(self, sha256: str, node: str, path: str) -> None:
+    def drop_replicas(self, node: str, replicas_at: Sequence[tuple[str, str]]) -> int:
+        """Forget the (sha256, path) replicas on `node`, in one transaction (a wiped disk
+        can mean 10,000s of rows). Returns how many were asked for."""
+        if not replicas_at:
+            return 0
         with self.engine.begin() as conn:
             conn.execute(
                 replicas.delete().where(
-                    (replicas.c.sha256 == sha256)
-                    & (replicas.c.node == node)
-                    & (replicas.c.path == path)
-                )
+                    (replicas.c.node == node)
+                    & (replicas.c.sha256 == sa.bindparam("s"))
+                    & (replicas.c.path == sa.bindparam("p"))
+                ),
+                [{"s": sha256, "p": path} for sha256, path in replicas_at],
             )
+        return len(replicas_at)
+
+    def replicas_on_node(
+        self, node: str, states: Sequence[str]
+    ) -> Sequence[sa.Row[str, str, int, float]]:
+        """The node's replicas in those states: (sha256, path, size, verified_at) rows."""
+        r = replicas
+        query = sa.select(r.c.sha256, r.c.path, r.c.size, r.c.verified_at).where(
+            (r.c.node == node) & r.c.state.in_(list(states))
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
+    def replica_path_span(self, node: str, states: Sequence[str]) -> tuple[str, str] | None:
+        """The lowest and highest replica path on `node` (None: it holds none). Every
+        path sorts between them, so they share the prefix all paths share: the
+        directory one listing must cover, from the index alone."""
+        r = replicas
+        query = sa.select(sa.func.min(r.c.path), sa.func.max(r.c.path)).where(
+            (r.c.node == node) & r.c.state.in_(list(states))
+        )
+        with self.engine.connect() as conn:
+            lowest, highest = conn.execute(query).one()
+        return None if lowest is None else (lowest, highest)
+
+    def below_policy(self, min_replicas: dict[str, int]) -> set[str]:
+        """Artifacts with fewer verified copies on distinct active durable nodes than
+        `min_replicas[kind]`: the planner's own count, done by the database, so a fleet
+        in order costs one query instead of three catalog frames."""
+        kinds = [kind for kind, wanted in min_replicas.items() if wanted > 0]
+        if not kinds:
+            return set()
+        r, n, a = replicas, nodes, artifacts
+        have = (
+            sa.select(sa.func.count(sa.distinct(r.c.node)))
+            .join(n, n.c.name == r.c.node)
+            .where(
+                (r.c.sha256 == a.c.sha256)
+                & (r.c.state == "verified")
+                & n.c.durable
+                & (n.c.state == "active")
+            )
+            .scalar_subquery()
+        )
+        wanted = sa.case(min_replicas, value=a.c.kind, else_=0)
+        query = sa.select(a.c.sha256).where(a.c.kind.in_(kinds) & (have < wanted))
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
 
     def artifacts_frame(self, kinds: Sequence[str] | None = None) -> pd.DataFrame:
         query = sa.select(artifacts)
@@ -525,6 +580,9 @@ def _migrate(engine: sa.Engine) -> None:
     if engine.url.render_as_string() in _migrated:
         return
     metadata.create_all(engine)
+    for table in metadata.sorted_tables:  # indexes added since a catalog was created
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     with engine.begin() as conn:
         current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if current is None:

@@ -21,17 +21,17 @@ Plain functions, no Dagster: assets, sensors and the CLI call `audit_node`.
 
 from __future__ import annotations
 
+import gc
 import posixpath
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
 from resources.catalog import Catalog
-from resources.catalog import replicas as replicas_table
 from resources.transport.base import TransferError
 
 if TYPE_CHECKING:
@@ -98,12 +98,14 @@ class AuditResult:
         }
 
 
-def listing_root(paths: Iterable[str]) -> str:
-    """The deepest directory holding every path ("" = the data root): one listing covers all."""
-    dirs = {posixpath.dirname(p) for p in paths}
-    if not dirs or "" in dirs:
-        return ""
-    return posixpath.commonpath(sorted(dirs))
+def listing_root(lowest: str, highest: str) -> str:
+    """The deepest directory holding every path that sorts between `lowest` and
+    `highest` ("" = the data root): one listing covers them all. Paths between two
+    strings share those two's common prefix, so the catalog's min and max suffice."""
+    if lowest == highest:
+        return posixpath.dirname(lowest)
+    common = posixpath.commonprefix([lowest, highest])
+    return common[: common.rfind("/")] if "/" in common else ""
 
 
 def audit_node(
@@ -121,33 +123,43 @@ def audit_node(
     and one catalog transaction. Never reads file contents. An unreachable node, or a
     confirmation that comes back incomplete, raises (TransferError) before the catalog
     is touched: a node we could not see is not a node that lost its files."""
+    with _gc_paused():
+        return _audit(node, catalog, transport, states, drop)
+
+
+def _audit(
+    node: Node, catalog: Catalog, transport: Transport, states: Sequence[str], drop: bool
+) -> AuditResult:
     started = time.monotonic()
     result = AuditResult(node=node.name)
-    recorded = _replicas_on(catalog, node.name, states)
-    if not recorded:
+    span = catalog.replica_path_span(node.name, states)
+    if span is None:
         result.seconds = time.monotonic() - started
         return result
-    result.listed_dir = listing_root(row.path for row in recorded)
-    listing = transport.list(node, result.listed_dir)
+    result.listed_dir = listing_root(*span)
+    # The listing is mostly a wait on the node: read the catalog's side meanwhile.
+    with ThreadPoolExecutor(1) as pool:
+        listing_job = pool.submit(transport.list, node, result.listed_dir)
+        recorded = catalog.replicas_on_node(node.name, states)
+        listing = listing_job.result()
     result.files_listed = len(listing.files)
     found = {f.path: f for f in listing.files}
-    known: set[str] = set()
-    for row in recorded:
-        known.add(row.path)
-        file = found.get(row.path)
+    for sha256, path, size, verified_at in recorded:  # unpacked: Row attributes are slow
+        file = found.get(path)
         if file is None:  # gone, or no longer a regular file (listed as rejected)
-            result.missing.append(AuditedReplica(row.sha256, row.path, row.size, None))
-        elif file.size != row.size:
-            result.changed.append(AuditedReplica(row.sha256, row.path, row.size, file.size))
+            result.missing.append(AuditedReplica(sha256, path, size, None))
+        elif file.size != size:
+            result.changed.append(AuditedReplica(sha256, path, size, file.size))
         else:
-            result.ok.append(row.path)
-            if file.mtime_ns / 1e9 > row.verified_at + SUSPECT_SLACK_S:
-                result.suspect.append(AuditedReplica(row.sha256, row.path, row.size, file.size))
-    result.untracked = len(found.keys() - known)
+            result.ok.append(path)
+            if file.mtime_ns > (verified_at + SUSPECT_SLACK_S) * 1e9:
+                result.suspect.append(AuditedReplica(sha256, path, size, file.size))
+    result.untracked = len(found.keys() - {row[1] for row in recorded})
     if result.missing or result.changed:
         _confirm(node, transport, result)
     if drop:
-        result.dropped = _drop(catalog, node.name, [*result.missing, *result.changed])
+        wrong = [*result.missing, *result.changed]
+        result.dropped = catalog.drop_replicas(node.name, [(r.sha256, r.path) for r in wrong])
     result.seconds = time.monotonic() - started
     return result
 
@@ -204,29 +216,27 @@ def _confirm(node: Node, transport: Transport, result: AuditResult) -> None:
             result.ok.append(r.path)
 
 
-def _replicas_on(catalog: Catalog, node: str, states: Sequence[str]) -> list[sa.Row[tuple]]:
-    """The node's replicas in one query, not the fleet-wide replicas frame. (The table's
-    primary key starts with sha256: an index on `node` would spare a scan.)"""
-    t = replicas_table
-    query = sa.select(t.c.sha256, t.c.path, t.c.size, t.c.verified_at).where(
-        (t.c.node == node) & t.c.state.in_(list(states))
-    )
-    with catalog.engine.connect() as conn:
-        return list(conn.execute(query))
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
 
 
-def _drop(catalog: Catalog, node: str, wrong: Sequence[AuditedReplica]) -> int:
-    """Drop the replicas in one transaction (a wiped disk can mean 10,000s of rows)."""
-    if not wrong:
-        return 0
-    t = replicas_table
-    with catalog.engine.begin() as conn:
-        conn.execute(
-            t.delete().where(
-                (t.c.node == node)
-                & (t.c.sha256 == sa.bindparam("s"))
-                & (t.c.path == sa.bindparam("p"))
-            ),
-            [{"s": r.sha256, "p": r.path} for r in wrong],
-        )
-    return len(wrong)
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while audits run. An audit makes 10,000s of acyclic
+    objects per node (names, sizes, catalog rows) that live until it ends; they trigger
+    full collections of the whole heap (Dagster's included: ~0.1 s each here), which
+    would cost more than the audit. Nested and concurrent audits share one pause."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()

@@ -102,5 +102,5 @@ def release_staging(
         ]
         for path in staged["path"]:
             transport.remove(node, path)
-            catalog.drop_replica(sha, node.name, path)
+            catalog.drop_replicas(node.name, [(sha, path)])
     return settled

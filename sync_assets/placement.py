@@ -60,8 +60,8 @@ def plan_replication(
     # never count toward policy: they are removed once the durable copies exist.
     counted = replicas[replicas["state"] == "verified"]
     usable = replicas[replicas["state"].isin(["verified", "staging"])]
-    holders = counted.groupby("sha256")["node"].agg(set).to_dict()
-    anywhere = usable.groupby("sha256")["node"].agg(set).to_dict()
+    holders = _nodes_by_sha(counted)
+    anywhere = _nodes_by_sha(usable)
     node_rows = nodes.set_index("name")
     active = node_rows[node_rows["state"] == "active"]
     durable_active = {n for n in active.index if bool(active.at[n, "durable"])}
@@ -134,6 +134,15 @@ def plan_replication(
         transfers=pd.DataFrame(plan_rows, columns=PLAN_COLUMNS),
         blocked=pd.DataFrame(blocked_rows, columns=BLOCKED_COLUMNS),
     )
+
+
+def _nodes_by_sha(replicas: pd.DataFrame) -> dict[str, set[str]]:
+    """sha256 → nodes holding it. One pass: `groupby(...).agg(set)` makes a Python call
+    per artifact (~0.2 s for 10,000)."""
+    out: dict[str, set[str]] = {}
+    for sha, node in zip(replicas["sha256"].to_numpy(), replicas["node"].to_numpy(), strict=True):
+        out.setdefault(sha, set()).add(node)
+    return out
 
 
 def _blocked(art: object, reason: str) -> dict[str, object]:

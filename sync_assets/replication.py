@@ -89,8 +89,12 @@ def replicate(
 ) -> ReplicationResult:
     """Bring the given artifacts up to policy; `target_path(artifact_row)` names the copy.
 
-    Transfers go in risk order, batched per (source, target) pair."""
-    wanted = set(shas)
+    Transfers go in risk order, batched per (source, target) pair. The database is
+    asked first which of them are below policy: a fleet in order costs one query."""
+    min_replicas = min_replicas_by_kind(fleet)
+    wanted = set(shas) & catalog.below_policy(min_replicas)
+    if not wanted:
+        return ReplicationResult()
     artifacts = catalog.artifacts_frame()
     artifacts = artifacts[artifacts["sha256"].isin(wanted)]
     if artifacts.empty:
@@ -102,7 +106,7 @@ def replicate(
         artifacts,
         replicas[replicas["sha256"].isin(wanted)],
         nodes,
-        min_replicas=min_replicas_by_kind(fleet),
+        min_replicas=min_replicas,
         floor=DiskFloor(policy.disk.max_target_use, policy.disk.min_free_gb),
         unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import gc
 import hashlib
 import os
+import posixpath
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -200,6 +203,37 @@ def test_audit_nodes_audits_each_node_and_isolates_failures(
     assert on_node(catalog, "gpu-1") == {"games/a.db", "games/b.db"}  # unseen: untouched
 
 
+class GcWatchingTransport(LocalTransport):
+    """Records whether cyclic GC was on while each node was listed."""
+
+    def __init__(self) -> None:
+        self.gc_on_while_listing: list[bool] = []
+
+    def list(self, node: Node, subdir: str) -> Listing:
+        self.gc_on_while_listing.append(gc.isenabled())
+        return super().list(node, subdir)
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_audits_pause_garbage_collection_and_leave_it_as_found(
+    tmp_path: Path, catalog: Catalog, enabled_before: bool
+) -> None:
+    nodes = [make_node(tmp_path / "nodes", n) for n in ("store-1", "store-2", "store-3")]
+    for node in nodes:
+        put(node, catalog, "games/a.db", node.name.encode())
+    shutil.rmtree(nodes[2].data_root)  # one audit fails: the pause still ends
+    transport = GcWatchingTransport()
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        results = audit_nodes(nodes, catalog, lambda _node: transport)
+        assert gc.isenabled() is enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert transport.gc_on_while_listing == [False] * 3
+    assert isinstance(results["store-3"], TransferError)
+
+
 def test_same_size_modified_after_verification_is_suspect_not_dropped(
     tmp_path: Path, catalog: Catalog
 ) -> None:
@@ -229,10 +263,27 @@ def test_node_without_replicas_costs_nothing(tmp_path: Path, catalog: Catalog) -
         (["games/a.db", "models/m.pth"], ""),
         (["top.db", "games/a.db"], ""),
         (["games/x/a.db"], "games/x"),
+        (["games/d0/a.db", "games/d01/b.db"], "games"),  # common prefix "games/d0"
+        (["a/b", "a/b/c"], "a"),
+        (["x.db", "y.db"], ""),
     ],
 )
 def test_listing_root_is_the_deepest_common_directory(paths: list[str], root: str) -> None:
-    assert listing_root(paths) == root
+    assert listing_root(min(paths), max(paths)) == root
+
+
+def test_listing_root_from_the_extremes_matches_every_path() -> None:
+    """The catalog hands over only the lowest and highest path: the directory found
+    from them is the deepest one holding every path, on random path sets."""
+    rng = random.Random(3)
+    parts = ["a", "b", "ab", "a.b", "d0", "d01", "x y", "é"]
+    for _ in range(3000):
+        paths = [
+            "/".join(rng.choices(parts, k=rng.randint(1, 4))) for _ in range(rng.randint(1, 6))
+        ]
+        dirs = {posixpath.dirname(p) for p in paths}
+        expected = "" if "" in dirs else posixpath.commonpath(sorted(dirs))
+        assert listing_root(min(paths), max(paths)) == expected, paths
 
 
 def test_audit_then_plan_repairs_only_what_is_gone(tmp_path: Path, catalog: Catalog) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import random
 import sqlite3
 
 import pytest
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 from resources.catalog import Catalog, LeaseHeld
 from resources.inventory import Node
 from sensors.node_discovery import last_copy_holders, partition_changes
+from sync_assets.placement import durable_copies
 
 
 @pytest.fixture
@@ -112,3 +115,34 @@ def test_last_copy_holders(catalog):
         columns=["sha256", "node", "state"],
     )
     assert last_copy_holders(reps) == {"n3", "n4"}
+
+
+def test_below_policy_counts_exactly_like_the_planner(catalog, tmp_path):
+    """The database's deficit count (what a no-op re-sync asks) must agree with the
+    planner's own (pandas, `durable_copies`) on a messy random catalog: retired and
+    ephemeral nodes, staging copies, two paths on one node, kinds without a policy."""
+    rng = random.Random(11)
+    roles = {"store-1": ["storage"], "store-2": ["storage"], "store-3": ["storage"],
+             "coord-1": ["coordinator"], "gpu-1": ["selfplay"], "cloud-store": ["storage"]}
+    nodes = [Node(name=n, transport="local", roles=r, data_root=str(tmp_path / n),
+                  ephemeral=n == "cloud-store") for n, r in roles.items()]
+    catalog.sync_nodes(nodes)
+    catalog.sync_nodes([n for n in nodes if n.name != "store-3"])  # store-3 retired
+    mins = {"games_snapshot": 2, "games_canonical": 3, "npz": 1, "model": 2, "elo_snapshot": 0}
+    kinds = [*mins, "elo_ratings"]  # elo_ratings: no entry, wants nothing
+    for i in range(400):
+        sha = hashlib.sha256(str(i).encode()).hexdigest()
+        catalog.add_artifact(sha, kind=rng.choice(kinds), config=None, name=f"a/{i}",
+                             size=1, origin_node="gpu-1")
+        for node in rng.sample(sorted(roles), rng.randint(0, 4)):
+            for path in rng.sample([f"a/{i}", f"b/{i}"], rng.randint(1, 2)):
+                state = rng.choice(["verified", "verified", "staging"])
+                catalog.record_replica(sha, node, path, 1, state=state)
+    artifacts, replicas = catalog.artifacts_frame(), catalog.replicas_frame()
+    copies = durable_copies(replicas, catalog.nodes_frame())
+    expected = {
+        a.sha256 for a in artifacts.itertuples() if copies.get(a.sha256, 0) < mins.get(a.kind, 0)
+    }
+    assert 50 < len(expected) < 350  # both sides of the line are exercised
+    assert catalog.below_policy(mins) == expected
+    assert catalog.below_policy({}) == set()

@@ -176,7 +176,7 @@ def place_on_node(node: Node, fleet: Fleet, catalog: Catalog, transports: Transp
         if _recorded(catalog, sha, node.name, path):
             found = transport.stat(node, path)
             if found is None or found.size != size:
-                catalog.drop_replica(sha, node.name, path)
+                catalog.drop_replicas(node.name, [(sha, path)])
         moved.add(distribute(sha, path, [node.name], fleet, catalog, transports))
         rows.append(
             {
