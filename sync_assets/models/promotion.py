@@ -46,14 +46,10 @@ def decide_promotion(
     if promoted_sha is None:
         return Decision(True, "no model promoted yet for this config")
     if candidate.rating is None or candidate.games < min_games:
-        return Decision(
-            False, f"candidate has {candidate.games} rated games, needs {min_games}"
-        )
+        return Decision(False, f"candidate has {candidate.games} rated games, needs {min_games}")
     if promoted.rating is None:
         return Decision(True, "the promoted model has no rating; the candidate has one")
     lead = candidate.rating - promoted.rating
     if lead < margin:
-        return Decision(
-            False, f"candidate leads by {lead:+.1f} Elo, needs {margin:+.1f}"
-        )
+        return Decision(False, f"candidate leads by {lead:+.1f} Elo, needs {margin:+.1f}")
     return Decision(True, f"candidate leads by {lead:+.1f} Elo over {candidate.games} games")
