@@ -1,6 +1,6 @@
 """Transfer benchmark: fleetsync's SSH transport vs plain rsync over the same sshd.
 
-    python bench/bench_transfer.py [--quick] [--reps 5] [--only abc] [--dir D] [--no-doc]
+    python bench/bench_transfer.py [--quick] [--reps 7] [--only abc] [--dir D] [--no-doc]
 
 Starts two real OpenSSH nodes (`SshdFleet`, loopback, under a temp dir on the same
 disk as the repo) and measures, in the same run, interleaved, alternating order:
@@ -721,14 +721,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, 3 reps, no doc (a smoke run)"
     )
-    parser.add_argument("--reps", type=int, help="reps per contender (default 5, quick 3)")
+    parser.add_argument("--reps", type=int, help="reps per contender (default 7, quick 3)")
     parser.add_argument("--dir", type=Path, help="parent of the temp dir (default: system tmp)")
     parser.add_argument("--no-doc", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument(
         "--only", default="abc", help="cases to run, e.g. `ac` (a partial run writes no doc)"
     )
     args = parser.parse_args(argv)
-    args.reps = args.reps or (3 if args.quick else 5)
+    args.reps = args.reps or (3 if args.quick else 7)
     big_mib, many, noop = (256, 1000, 2000) if args.quick else (1024, 5000, 10_000)
 
     parent = args.dir or Path(tempfile.gettempdir())
