@@ -696,7 +696,19 @@ audited). What fixed it, in the order applied:
    writeback while rsync still runs (`sync_file_range`, so the flush before
    publishing has less to do): rsync itself got slower by more than the flush saved
    (5,000 files: rsync 1.8–2.4 s without, 2.7–3.3 s with; publish 0.5–0.6 s either
-   way).
+   way). And hashing a batch's files as they arrive during the rsync (each digest
+   kept with the file's inode, size and mtime, reused only if all still match):
+   publish fell from 0.51 to 0.33 s but rsync rose from 2.52 to 2.74 s (medians of 5)
+   — on loopback with 2 cores the transfer is CPU-bound; on a network-bound link it
+   would hide most of the verification, worth re-measuring on real nodes.
+
+**How stable the gated ratios are.** Three full runs on 2026-11-23 with all the
+fixes above (ratio of medians, a / b / c): 21:40 (5 reps) 0.86 / 1.07 / 0.84;
+21:54 (7 reps) 1.04 / 0.69 / 0.86; 22:12 (7 reps) 1.01 / 0.82 / 0.88. The machine's
+speed drifts up to 2× between reps for the same rsync command, so a and b, which
+sit within ~15 % of their floors, can land either side of them; c does not.
+fleetsync does strictly more than `rsync -a` in a and b: SHA-256 at the target, a
+durable flush, an atomic publish, and one more SSH session and login shell.
 
 **What the no-op floor measures.** rsync, run on the target, reads one listing over
 SSH (the source's) and one from its local disk (the target's). A fleetsync re-sync
