@@ -677,7 +677,7 @@ audited). What fixed it, in the order applied:
 4. The batch publish made two journal commits per file: now a few threads hash
    the batch while one syncfs(2) flushes it, then one fsync per directory.
 5. OpenSSH 9's default key exchange (post-quantum sntrup761 hybrid) costs ~0.1 s
-   per connection here: the bulk `ssh` prefers curve25519 (what the paramiko
+   per connection here: the bulk `ssh` uses curve25519 (what the paramiko
    control channel uses anyway), and skips GSSAPI.
 6. Connections to different nodes were made one at a time under one lock: now each
    node has its own, so a fleet-wide audit handshakes with every node at once.
