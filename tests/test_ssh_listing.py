@@ -67,16 +67,17 @@ def test_parse_decides_what_each_name_is() -> None:
             entry("lf/etc/passwd", 11, t, "abs.db"),  # absolute: rejected
             entry("lNgone.db", 7, t, "dangling.db"),  # no target: rejected
             entry("pp", 0, t, "fifo.db"),  # not a file: rejected
+            "-\0",  # end of records; then each accepted-looking link's target
+            "11\x001732387200.0000000000\x00./link.npz\x00",
         ]
     )
-    files, links, rejected = parse_find_listing(body, "games")
+    files, rejected = parse_find_listing(body, "games")
     assert files == [
         RemoteFile("games/a.db", 10, 1732387200_123456789),
         RemoteFile("games/sub/b.npz", 11, 1732387200_000000000),
         RemoteFile("games/with space $(touch x).db", 12, 1732387200_000000000),
-        RemoteFile("games/link.npz", 7, 1732387200_000000000),
+        RemoteFile("games/link.npz", 11, 1732387200_000000000),  # the target's size
     ]
-    assert links == ["games/link.npz"]
     assert rejected == [
         "games/new\nline.db",
         "games/bad\tdir",
@@ -90,12 +91,33 @@ def test_parse_decides_what_each_name_is() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        "ff\x0010\x001.5\x00",  # a record cut short
-        "ff\x0010\x001.5\x00a.db\x00trailing",  # bytes after the last record
-        "ff\x00ten\x001.5000000000\x00a.db\x00",  # size not a number
-        "ff\x0010\x00yesterday\x00a.db\x00",  # mtime not a number
+        "ff\x0010\x001.5\x00-\x00",  # a record cut short
+        "ff\x0010\x001.5000000000\x00a.db\x00",  # no end-of-records field
+        "ff\x00ten\x001.5000000000\x00a.db\x00-\x00",  # size not a number
+        "ff\x0010\x00yesterday\x00a.db\x00-\x00",  # mtime not a number
+        "lfa.db\x003\x001.5000000000\x00l.db\x00-\x00./l.db\x00",  # target cut short
+        "lfa.db\x003\x001.5000000000\x00l.db\x00-\x007\x001.5\x00/abs\x00",  # not ./
     ],
 )
 def test_malformed_listing_is_an_error_not_fewer_files(body: str) -> None:
     with pytest.raises(ValueError):
         parse_find_listing(body, "")
+
+
+def test_a_link_is_listed_with_its_targets_size_or_not_at_all() -> None:
+    """A path named `-` is a record, not the end of them; a link whose target went
+    away between the walk and the stat is no file."""
+    t = "1.0000000000"
+    body = "".join(
+        [
+            entry("ff", 1, t, "-"),
+            entry("lfsub/x.db", 5, t, "kept.db"),
+            entry("lfgone.db", 5, t, "vanished.db"),
+            "-\0",
+            "7\x002.5000000000\x00./kept.db\x00",
+        ]
+    )
+    files, rejected = parse_find_listing(body, "")
+    assert files == [RemoteFile("-", 1, 1_000000000), RemoteFile("kept.db", 7, 2_500000000)]
+    assert rejected == []
+    assert parse_find_listing("-\0", "") == ([], [])  # an empty or missing directory

@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -274,7 +273,9 @@ class SshTransport(Transport):
     # ---- reading ---------------------------------------------------------------
 
     def list(self, node: Node, subdir: str) -> Listing:
-        """One round trip: `find -printf` with NUL-separated fields (names may hold anything).
+        """One round trip: `find -printf` with NUL-separated fields (names may hold
+        anything), followed by the size and mtime of what relative symlinks point at, so
+        a link reports its target's, as LocalTransport does.
 
         The output must end with a sentinel: a listing cut short is an error, never a
         node with fewer files. Files vanishing while `find` walks are not an error."""
@@ -283,47 +284,24 @@ class SshTransport(Transport):
         else:
             rel_dir, start = self._abs(node, subdir, "list")
         q = shlex.quote(start)
+        # One walk: records for everything, and the relative symlinks to a file noted
+        # aside (`-fprintf`), then, after a `-` record, their targets' size and mtime.
         command = (
-            f"[ -d {q} ] || {{ echo {_END}; exit 0; }}; "
-            f"find {q} -mindepth 1 -ignore_readdir_race -printf {shlex.quote(FIND_FORMAT)} "
-            f"&& echo {_END}"
+            f"[ -d {q} ] || {{ printf -- '-\\0'; echo {_END}; exit 0; }}; t=$(mktemp) || exit 1; "
+            f"find {q} -mindepth 1 -ignore_readdir_race \\( -type l -xtype f ! -lname '/*' "
+            f"-fprintf \"$t\" './%P\\0' -false \\) -o -printf {shlex.quote(FIND_FORMAT)}; "
+            f"rc=$?; if [ $rc -eq 0 ]; then printf -- '-\\0'; "
+            f'( cd {q} && xargs -0 -r -a "$t" sh -c {shlex.quote(_FOLLOW_LINKS)} sh ) 2>/dev/null; '
+            f'fi; rm -f -- "$t"; [ $rc -eq 0 ] && echo {_END}'
         )
         what = f"list {rel_dir or '.'}"
         body = _ended(node, self._check(node, self._run(node, command), what), what)
         try:
-            files, links, rejected = parse_find_listing(body, rel_dir)
+            files, rejected = parse_find_listing(body, rel_dir)
         except ValueError as exc:
             raise TransferError(f"node {node.name}: {what}: {exc}") from None
-        if links:
-            files = self._follow_links(node, files, links)
         files.sort(key=lambda f: f.path)
         return Listing(files=files, rejected=sorted(rejected))
-
-    def _follow_links(self, node: Node, files: Files, links: Sequence[str]) -> Files:
-        """A listed symlink reports its target's size and mtime, as LocalTransport's does
-        (one more command, only when links exist); a target gone meanwhile drops it."""
-        followed: dict[str, RemoteFile] = {}
-        for i in range(0, len(links), _ARGS_PER_COMMAND):
-            batch = [
-                posixpath.join(node.data_root, rel) for rel in links[i : i + _ARGS_PER_COMMAND]
-            ]
-            command = (
-                f"find -L {shlex.join(batch)} -maxdepth 0 -type f -printf '%s\\0%T@\\0%p\\0' "
-                f"2>/dev/null; echo {_END}"
-            )
-            out = self._run(node, command).stdout.decode(errors="surrogateescape")
-            fields = _ended(node, out, "list: follow links").split("\0")
-            root = node.data_root.rstrip("/") + "/"
-            for j in range(0, len(fields) - 2, 3):
-                size, mtime, path = fields[j : j + 3]
-                rel = path.removeprefix(root)
-                followed[rel] = RemoteFile(rel, int(size), _mtime_ns(mtime))
-        linked = frozenset(links)
-        return [
-            followed[f.path] if f.path in linked else f
-            for f in files
-            if f.path not in linked or f.path in followed
-        ]
 
     def stat(self, node: Node, path: str) -> RemoteFile | None:
         rel, absolute = self._abs(node, path, "stat")
@@ -613,7 +591,8 @@ SSH_FAILED = 255  # OpenSSH's own exit code for connection and auth failures
 
 
 _END = "FLEETSYNC-END"  # last line of a listing: anything shorter was cut off
-_ARGS_PER_COMMAND = 1000  # paths per command line, far below ARG_MAX
+# Run by xargs on `./`-relative symlinks: their targets' size, mtime and the link path.
+_FOLLOW_LINKS = 'find -L "$@" -maxdepth 0 -type f -printf "%s\\0%T@\\0%p\\0"'
 
 
 def _ended(node: Node, out: str, what: str) -> str:
@@ -630,18 +609,50 @@ def _ended(node: Node, out: str, what: str) -> str:
 FIND_FORMAT = "%y%Y%l\\0%s\\0%T@\\0%P\\0"
 
 
-def parse_find_listing(body: str, rel_dir: str) -> tuple[Files, list[str], list[str]]:
-    """(files, symlinks among them, rejected names) from `find -printf FIND_FORMAT`
-    output for `rel_dir`. Pure: a node's names are data, and this decides what they are.
+def parse_find_listing(body: str, rel_dir: str) -> tuple[Files, list[str]]:
+    """(files, rejected names) from the listing command's output for `rel_dir`: one
+    record per entry (`FIND_FORMAT`), a `-` record (never a type), then size, mtime and
+    `./path` of each relative symlink's target. Pure: a node's names are data, and this
+    decides what they are.
 
     A regular file with a plain name (nearly all of them) takes the short path; anything
     else gets the full checks: unsafe names are rejected (and everything below a rejected
     directory skipped), temp files ignored, only relative links to a regular file below
-    their own directory accepted, FIFOs, sockets and devices rejected."""
+    their own directory accepted (listed with their target's size and mtime), FIFOs,
+    sockets and devices rejected."""
     fields = body.split("\0")
-    n = len(fields) - 1
-    if n % 4 or fields[n]:
-        raise ValueError(f"malformed listing ({n} fields, trailing {fields[n][:40]!r})")
+    try:
+        end = 4 * fields[0::4].index("-")
+    except ValueError:
+        raise ValueError("listing without its end-of-records field") from None
+    files, links, rejected = _records(fields[:end], rel_dir)
+    if links:  # a link whose target vanished meanwhile is no file
+        targets = _link_targets(fields[end + 1 :], rel_dir)
+        linked = frozenset(links)
+        files = [targets[f.path] if f.path in linked else f for f in files
+                 if f.path not in linked or f.path in targets]  # fmt: skip
+    return files, rejected
+
+
+def _link_targets(fields: list[str], rel_dir: str) -> dict[str, RemoteFile]:
+    """Triples (size, mtime, `./path`), NUL-terminated, by link path below the data root."""
+    if len(fields) % 3 != 1 or fields[-1]:
+        raise ValueError(f"malformed link targets ({len(fields) - 1} fields)")
+    prefix = f"{rel_dir}/" if rel_dir else ""
+    targets: dict[str, RemoteFile] = {}
+    for size, mtime, path in zip(fields[0:-1:3], fields[1:-1:3], fields[2:-1:3], strict=True):
+        if not path.startswith("./"):
+            raise ValueError(f"malformed link target path {path[:80]!r}")
+        rel = prefix + path[2:]
+        targets[rel] = RemoteFile(rel, int(size), _mtime_ns(mtime))
+    return targets
+
+
+def _records(fields: list[str], rel_dir: str) -> tuple[Files, list[str], list[str]]:
+    """(files, symlinks among them, rejected) from whole `FIND_FORMAT` records."""
+    n = len(fields)
+    if n % 4:
+        raise ValueError(f"malformed listing ({n} fields)")
     prefix = f"{rel_dir}/" if rel_dir else ""
     files: Files = []
     links: list[str] = []
