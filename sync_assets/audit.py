@@ -118,7 +118,8 @@ def audit_node(
 ) -> AuditResult:
     """Compare one listing of `node` with the catalog's replicas on it; drop the wrong ones.
 
-    Costs one catalog query, one `transport.list` (one round trip over SSH) and, only
+    Costs two catalog queries (the path span, then the rows, read while the node
+    lists), one `transport.list` (one round trip over SSH) and, only
     when something looks wrong, one confirming `transport.exec` per 1,000 such paths
     and one catalog transaction. Never reads file contents. An unreachable node, or a
     confirmation that comes back incomplete, raises (TransferError) before the catalog
