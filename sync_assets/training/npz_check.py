@@ -9,7 +9,8 @@ partial transfer once turned a 955 MB shard into an "array" of 22 billion elemen
 Python ≥ 3.8 and any numpy ≥ 1.17 (training nodes have it); nothing else.
 
 Valid means: a readable zip whose members are `.npy` arrays; `features` and `values`
-present; every per-sample array has the same N; no dimension above 1e9; dtypes and
+present; every per-sample array is at least 1-d with the same N (the first dimension
+of `features`; a 0-d array is N of nothing); no dimension above 1e9; dtypes and
 shapes as DATA.md's table (features [N, C, H, W] with C ∈ {40, 56, 64} and
 H = W ∈ {8, 9, 19, 25}; globals [N, 20]; values in −1..1); and `data_checksums` (a 0-d
 array holding a JSON object `{array name: sha256 hex}`) lists every other array with
@@ -239,13 +240,29 @@ class _Shard:
         return digest.hexdigest()
 
 
-def _check_shapes(shard: _Shard, counted: str, n: int) -> None:
+def _sample_count(shard: _Shard) -> tuple[str, int] | None:
+    """(array, N): N is the first dimension of `features`, else of `values`. None when
+    neither has one (missing, unreadable or 0-d, each a problem reported on its own)."""
+    for name in REQUIRED:
+        if name in shard.headers and shard.headers[name][0]:
+            return name, shard.headers[name][0][0]
+    return None
+
+
+def _check_shapes(shard: _Shard, count: tuple[str, int] | None) -> None:
+    """Per-sample arrays are at least 1-d with the shared N (a 0-d `values` is a scalar,
+    not N samples); other arrays are 0-d shard metadata, or 1-d+ with the shared N."""
     for name, (shape, _, dtype, _) in sorted(shard.headers.items()):
-        if not shape:
-            continue  # 0-d: shard-level metadata
-        if shape[0] != n:
-            shard.problems.append(f"unequal N: {name!r} has {shape[0]} rows, {counted!r} has {n}")
         spec = PER_SAMPLE.get(name)
+        if not shape:
+            if spec is not None:
+                shard.problems.append(
+                    f"array {name!r}: 0-d, a per-sample array has one row per sample"
+                )
+            continue  # 0-d: shard-level metadata
+        if count is not None and shape[0] != count[1]:
+            counted, n = count
+            shard.problems.append(f"unequal N: {name!r} has {shape[0]} rows, {counted!r} has {n}")
         if spec is None:
             continue
         kinds, rest = spec
@@ -266,10 +283,11 @@ def _check_shapes(shard: _Shard, counted: str, n: int) -> None:
                     f"C in {list(FEATURE_CHANNELS)} and H = W in {list(BOARD_SIDES)}"
                 )
         elif rest is not None and tuple(shape[1:]) != rest:
-            shard.problems.append(f"array {name!r}: shape {list(shape)}, expected {[n, *rest]}")
+            expected = ["N" if count is None else count[1], *rest]
+            shard.problems.append(f"array {name!r}: shape {list(shape)}, expected {expected}")
 
 
-def _check_contents(shard: _Shard, n: int) -> dict[str, Any] | None:
+def _check_contents(shard: _Shard, n: int | None) -> dict[str, Any] | None:
     """Values in −1..1, sparse policies well formed, metadata consistent with N."""
     if "values" in shard.headers and shard.headers["values"][2].kind == "f":
         values = shard.load("values")
@@ -307,7 +325,7 @@ def _check_contents(shard: _Shard, n: int) -> dict[str, Any] | None:
         shard.problems.append("array 'metadata': not a dict")
         return None
     count = metadata.get("sample_count")
-    if count is not None and count != n:
+    if count is not None and n is not None and count != n:
         shard.problems.append(f"metadata sample_count {count} != {n} samples")
     return metadata
 
@@ -372,14 +390,13 @@ def _inspect(shard: _Shard, result: dict[str, Any]) -> None:
     }
     missing = [name for name in REQUIRED if name not in shard.members]
     shard.problems.extend(f"missing array {name!r}" for name in missing)
-    counted = next((name for name in REQUIRED if name in shard.headers), None)
-    if counted is None or not shard.headers[counted][0]:
-        return
-    n = shard.headers[counted][0][0]
-    result["samples"] = n
-    _check_shapes(shard, counted, n)
+    count = _sample_count(shard)
+    result["samples"] = count[1] if count is not None else None
+    _check_shapes(shard, count)
+    # Contents and checksums are checked whatever the shapes said: one defect found
+    # must not hide another.
     try:
-        result["metadata"] = _check_contents(shard, n)
+        result["metadata"] = _check_contents(shard, result["samples"])
         _check_checksums(shard)
     except _DAMAGED as exc:
         shard.problems.append(f"corrupt array data: {exc}")
