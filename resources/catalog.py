@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -27,7 +27,7 @@ from pydantic import Field
 from sync_assets.breaker import BreakerState, after_failure, after_success
 from sync_assets.breaker import status as breaker_status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -114,14 +114,56 @@ sources = sa.Table(
     sa.Column("snapshotted_at", sa.Float, nullable=False),
 )
 
-# Which game snapshots have been merged into a config's canonical DB.
+# The merge log: one row per snapshot merged into a config's canonical DB, and the
+# canonical version (sha256) that merge produced (None: the merge failed after this
+# snapshot committed, before the result could be hashed).
 merges = sa.Table(
     "merges",
     metadata,
-    sa.Column("config", sa.String(32), primary_key=True),
-    sa.Column("snapshot_sha256", sa.String(64), primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("config", sa.String(32), nullable=False, index=True),
+    sa.Column("snapshot_sha256", sa.String(64), nullable=False),
+    sa.Column("canonical_sha256", sa.String(64)),
     sa.Column("merged_at", sa.Float, nullable=False),
     sa.Column("stats_json", sa.Text, nullable=False),
+)
+
+# Which snapshots a canonical DB version holds. A version with no rows here (unknown,
+# e.g. left behind by a merge that died) holds nothing as far as merging goes: every
+# collected snapshot is merged into it again, which the idempotent merge makes safe.
+canonical_contents = sa.Table(
+    "canonical_contents",
+    metadata,
+    sa.Column("canonical_sha256", sa.String(64), primary_key=True),
+    sa.Column("snapshot_sha256", sa.String(64), primary_key=True),
+    sa.Column("config", sa.String(32), nullable=False),
+)
+
+# Which configs a game snapshot holds games of, counted from the games themselves (a
+# file's name is only a hint). `snapshot_census` says a snapshot was counted at all.
+snapshot_census = sa.Table(
+    "snapshot_census",
+    metadata,
+    sa.Column("snapshot_sha256", sa.String(64), primary_key=True),
+    sa.Column("unparsed_games", sa.Integer, nullable=False),  # board/players not a config
+    sa.Column("counted_at", sa.Float, nullable=False),
+)
+snapshot_configs = sa.Table(
+    "snapshot_configs",
+    metadata,
+    sa.Column("snapshot_sha256", sa.String(64), primary_key=True),
+    sa.Column("config", sa.String(32), primary_key=True, index=True),
+    sa.Column("games", sa.Integer, nullable=False),
+)
+
+# Artifacts whose content cannot be used (an unreadable snapshot): never merged or
+# copied again. The files stay where they are; nothing is deleted for being here.
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("quarantined_at", sa.Float, nullable=False),
 )
 
 # Named pointers at an artifact: the current canonical DB of a config, the promoted model.
@@ -339,6 +381,22 @@ class Catalog(dg.ConfigurableResource):
             lowest, highest = conn.execute(query).one()
         return None if lowest is None else (lowest, highest)
 
+    def has_copy(self, sha256: str) -> bool:
+        """Whether any active node holds a copy (verified, or a snapshot still staged)."""
+        r, n = replicas, nodes
+        query = (
+            sa.select(r.c.sha256)
+            .join(n, n.c.name == r.c.node)
+            .where(
+                (r.c.sha256 == sha256)
+                & r.c.state.in_(["verified", "staging"])
+                & (n.c.state == "active")
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def below_policy(self, min_replicas: dict[str, int]) -> set[str]:
         """Artifacts with fewer verified copies on distinct active durable nodes than
         `min_replicas[kind]`: the planner's own count, done by the database, so a fleet
@@ -441,29 +499,126 @@ class Catalog(dg.ConfigurableResource):
                 )
             )
 
-    def merged_snapshots(self, config: str) -> set[str]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(merges.c.snapshot_sha256).where(merges.c.config == config)
-            )
-            return {r.snapshot_sha256 for r in rows}
-
-    def record_merge(self, config: str, snapshot_sha256: str, stats: dict[str, Any]) -> None:
+    def record_merges(
+        self, config: str, canonical_sha256: str | None, per_snapshot: dict[str, dict[str, Any]]
+    ) -> None:
+        """Log the snapshots (sha256 → merge stats) merged into `config`'s canonical DB,
+        which became version `canonical_sha256` (None: not known)."""
+        if not per_snapshot:
+            return
+        now = _now()
         with self.engine.begin() as conn:
             conn.execute(
-                merges.insert().values(
-                    config=config,
-                    snapshot_sha256=snapshot_sha256,
-                    merged_at=_now(),
-                    stats_json=json.dumps(stats, sort_keys=True),
-                )
+                merges.insert(),
+                [
+                    {
+                        "config": config,
+                        "snapshot_sha256": sha,
+                        "canonical_sha256": canonical_sha256,
+                        "merged_at": now,
+                        "stats_json": json.dumps(stats, sort_keys=True),
+                    }
+                    for sha, stats in per_snapshot.items()
+                ],
             )
 
     def merge_log(self) -> list[tuple[str, str]]:
-        """(config, stats_json) of every merge recorded."""
+        """(config, stats_json) of the newest merge of each (config, snapshot): a snapshot
+        merged again into another canonical version is counted once."""
+        m = merges
+        newest = sa.select(sa.func.max(m.c.id)).group_by(m.c.config, m.c.snapshot_sha256).subquery()
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(merges.c.config, merges.c.stats_json))
+            rows = conn.execute(
+                sa.select(m.c.config, m.c.stats_json).where(m.c.id.in_(sa.select(newest)))
+            )
             return [(r.config, r.stats_json) for r in rows]
+
+    def canonical_contents(self, canonical_sha256: str) -> set[str]:
+        """The snapshots a canonical version is known to hold (empty: not known)."""
+        c = canonical_contents
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.c.snapshot_sha256).where(c.c.canonical_sha256 == canonical_sha256)
+            )
+            return {r.snapshot_sha256 for r in rows}
+
+    def record_canonical_contents(
+        self, config: str, canonical_sha256: str, snapshots: set[str]
+    ) -> None:
+        """Record what a canonical version holds (replacing what was recorded for it)."""
+        c = canonical_contents
+        with self.engine.begin() as conn:
+            conn.execute(c.delete().where(c.c.canonical_sha256 == canonical_sha256))
+            if snapshots:
+                conn.execute(
+                    c.insert(),
+                    [
+                        {
+                            "canonical_sha256": canonical_sha256,
+                            "snapshot_sha256": s,
+                            "config": config,
+                        }
+                        for s in sorted(snapshots)
+                    ],
+                )
+
+    def record_census(self, snapshot_sha256: str, configs: dict[str, int], unparsed: int) -> None:
+        """Record the games per config counted in a snapshot (replacing an older count)."""
+        with self.engine.begin() as conn:
+            for table in (snapshot_configs, snapshot_census):
+                conn.execute(table.delete().where(table.c.snapshot_sha256 == snapshot_sha256))
+            conn.execute(
+                snapshot_census.insert().values(
+                    snapshot_sha256=snapshot_sha256, unparsed_games=unparsed, counted_at=_now()
+                )
+            )
+            if configs:
+                conn.execute(
+                    snapshot_configs.insert(),
+                    [
+                        {"snapshot_sha256": snapshot_sha256, "config": c, "games": n}
+                        for c, n in sorted(configs.items())
+                    ],
+                )
+
+    def uncounted_snapshots(self, kind: str) -> set[str]:
+        """Artifacts of `kind` with no census yet."""
+        a, c = artifacts, snapshot_census
+        query = sa.select(a.c.sha256).where(
+            (a.c.kind == kind) & ~sa.exists().where(c.c.snapshot_sha256 == a.c.sha256)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
+
+    def snapshots_holding(self, config: str) -> set[str]:
+        """Snapshots whose census counted games of `config`."""
+        c = snapshot_configs
+        query = sa.select(c.c.snapshot_sha256).where((c.c.config == config) & (c.c.games > 0))
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
+
+    def census_frame(self, shas: Sequence[str]) -> pd.DataFrame:
+        """snapshot_sha256, config, games of the given snapshots."""
+        query = sa.select(snapshot_configs).where(
+            snapshot_configs.c.snapshot_sha256.in_(list(shas))
+        )
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+    def quarantine(self, sha256: str, reason: str) -> None:
+        """Mark an artifact unusable (idempotent: the first reason stays)."""
+        with self.engine.begin() as conn:
+            if not conn.execute(
+                sa.select(quarantine.c.sha256).where(quarantine.c.sha256 == sha256)
+            ).first():
+                conn.execute(
+                    quarantine.insert().values(sha256=sha256, reason=reason, quarantined_at=_now())
+                )
+
+    def quarantined(self) -> dict[str, str]:
+        """sha256 → reason of every quarantined artifact."""
+        with self.engine.connect() as conn:
+            return {r.sha256: r.reason for r in conn.execute(sa.select(quarantine))}
 
     def alias(self, kind: str, config: str) -> str | None:
         with self.engine.connect() as conn:
@@ -575,23 +730,59 @@ class Catalog(dg.ConfigurableResource):
                 )
 
 
+def _v2_merges_by_canonical_version(conn: sa.Connection) -> None:
+    """v1 keyed merges by (config, snapshot); v2 logs every merge with the canonical
+    version it produced, so a snapshot can be merged again into another version. Rows
+    are carried over with that version unknown (None)."""
+    old = sa.Table("merges", sa.MetaData(), autoload_with=conn)
+    rows = [dict(r._mapping) for r in conn.execute(sa.select(old))]
+    old.drop(conn)
+    merges.create(conn)
+    if rows:
+        conn.execute(
+            merges.insert(),
+            [
+                {
+                    "config": r["config"],
+                    "snapshot_sha256": r["snapshot_sha256"],
+                    "canonical_sha256": None,
+                    "merged_at": r["merged_at"],
+                    "stats_json": r["stats_json"],
+                }
+                for r in rows
+            ],
+        )
+
+
+# version → the step that brings a catalog from version - 1 to it. Tables and indexes
+# that are only new are made by `create_all` after the steps run.
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2_merges_by_canonical_version}
+
+
 def _migrate(engine: sa.Engine) -> None:
-    """Create the schema and record its version; refuse a catalog newer than this code."""
+    """Bring the schema to this code's version, one recorded step at a time; refuse a
+    catalog newer than this code."""
     if engine.url.render_as_string() in _migrated:
         return
-    metadata.create_all(engine)
-    for table in metadata.sorted_tables:  # indexes added since a catalog was created
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
     with engine.begin() as conn:
-        current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
-        if current is None:
-            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=_now()))
-        elif current > SCHEMA_VERSION:
+        if sa.inspect(conn).has_table(schema_version.name):
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+        else:
+            current = None
+        if current is not None and current > SCHEMA_VERSION:
             raise RuntimeError(
                 f"catalog schema version {current} is newer than this fleetsync "
                 f"({SCHEMA_VERSION}); upgrade fleetsync"
             )
+        for version in range((current or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[version](conn)
+            conn.execute(schema_version.insert().values(version=version, applied_at=_now()))
+        metadata.create_all(conn)
+        for table in metadata.sorted_tables:  # indexes added since a catalog was created
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+        if current is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=_now()))
     _migrated.add(engine.url.render_as_string())
 
 

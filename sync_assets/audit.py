@@ -189,22 +189,50 @@ def audit_nodes(
         return dict(zip([n.name for n in nodes], pool.map(one, nodes), strict=True))
 
 
-def _confirm(node: Node, transport: Transport, result: AuditResult) -> None:
-    """Look at the missing and resized paths directly; keep only what that confirms."""
-    wrong = [*result.missing, *result.changed]
+def sizes_on_disk(node: Node, transport: Transport, paths: Sequence[str]) -> dict[str, int]:
+    """{path: size} of the given paths that are regular files on the node (links
+    followed), looked at directly: one command per 1,000 paths, output closed by a
+    sentinel. Raises TransferError when the answer is incomplete: a node we could not
+    see is not a node that lost its files."""
     sizes: dict[str, int] = {}
-    for i in range(0, len(wrong), CONFIRM_BATCH):
-        paths = [f"./{r.path}" for r in wrong[i : i + CONFIRM_BATCH]]  # never an option
-        done = transport.exec(node, ["sh", "-c", _CONFIRM_SCRIPT, "sh", *paths], timeout=300)
+    for i in range(0, len(paths), CONFIRM_BATCH):
+        batch = [f"./{p}" for p in paths[i : i + CONFIRM_BATCH]]  # never an option
+        done = transport.exec(node, ["sh", "-c", _CONFIRM_SCRIPT, "sh", *batch], timeout=300)
         out = done.stdout.decode("utf-8", "surrogateescape")
         if not out.endswith(_SENTINEL):
             raise TransferError(
-                f"node {node.name}: audit: confirming {len(paths)} paths returned incomplete "
+                f"node {node.name}: confirming {len(batch)} paths returned incomplete "
                 f"output (exit {done.returncode}); nothing dropped"
             )
         fields = out[: -len(_SENTINEL)].split("\0")[:-1]  # NUL-terminated: path, size, …
         pairs = zip(fields[::2], fields[1::2], strict=True)
         sizes.update((path.removeprefix("./"), int(size)) for path, size in pairs)
+    return sizes
+
+
+def confirm_replicas(
+    node: Node, catalog: Catalog, transport: Transport, recorded: Sequence[AuditedReplica]
+) -> list[AuditedReplica]:
+    """Check catalog replicas on `node` against its disk (no hashing) and drop the ones
+    that are gone or resized, in one transaction; returns those. The check the engine
+    makes before it trusts a "nothing to do" or uses a copy as a source: the disk's word
+    beats the catalog's. `recorded` rows carry the catalog's size (found_size unused)."""
+    if not recorded:
+        return []
+    sizes = sizes_on_disk(node, transport, [r.path for r in recorded])
+    wrong = [
+        AuditedReplica(r.sha256, r.path, r.recorded_size, sizes.get(r.path))
+        for r in recorded
+        if sizes.get(r.path) != r.recorded_size
+    ]
+    catalog.drop_replicas(node.name, [(r.sha256, r.path) for r in wrong])
+    return wrong
+
+
+def _confirm(node: Node, transport: Transport, result: AuditResult) -> None:
+    """Look at the missing and resized paths directly; keep only what that confirms."""
+    wrong = [*result.missing, *result.changed]
+    sizes = sizes_on_disk(node, transport, [r.path for r in wrong])
     result.missing, result.changed = [], []
     for r in wrong:
         size = sizes.get(r.path)

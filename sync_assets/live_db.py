@@ -3,9 +3,10 @@
 A live DB is never copied as such (LESSONS 5): the node takes a consistent snapshot
 (SQLite backup API) under a staging name, the snapshot is hashed there and registered
 in the catalog (origin = the node, state `staging`), and once enough durable copies
-exist the node's staging copy is removed. An unchanged DB (same size and mtime of the
-DB and its WAL) is not snapshotted again, so an idle fleet costs no snapshots and no
-bytes.
+exist, confirmed on disk, the node's staging copy is removed. An unchanged DB (same
+size and mtime of the DB and its WAL) is not snapshotted again while its last snapshot
+has a copy somewhere, so an idle fleet costs no snapshots and no bytes; once every copy
+of that snapshot is lost, the next collection takes it again.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Node
+from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import RemoteFile
+from resources.transport.base import RemoteFile, TransferError
+from sync_assets.audit import AuditedReplica, confirm_replicas
 from sync_assets.placement import durable_copies
+from sync_assets.replication import ReplicationResult, replicate
 
 STAGING_DIR = ".fleetsync/snapshots"
 
@@ -29,6 +33,7 @@ STAGING_DIR = ".fleetsync/snapshots"
 class Snapshot:
     sha256: str
     taken: bool  # False: the DB had not changed since the snapshot named here
+    checked: Any = None  # what `check` returned for a snapshot taken now
 
 
 def fingerprint(db: RemoteFile, wal: RemoteFile | None) -> str:
@@ -45,48 +50,103 @@ def snapshot_if_changed(
     config: str | None,
     catalog: Catalog,
     transports: Transports,
-    check: Callable[[str], None] | None = None,
+    check: Callable[[str], Any] | None = None,
 ) -> Snapshot:
-    """Snapshot `db` on its node unless unchanged; register it. `check(staging_path)` may
-    refuse the snapshot by raising: the staging file is removed and nothing recorded."""
+    """Snapshot `db` on its node unless unchanged *and* its last snapshot still has a
+    copy somewhere; register it. `check(staging_path)` may refuse the snapshot by
+    raising (the staging file is removed, nothing recorded); what it returns is kept
+    in `Snapshot.checked`.
+
+    The staging copy is always recorded, even when the bytes equal an artifact already
+    known: those copies may be gone, and this one is real. It is removed only once
+    durable copies are confirmed (`collect_originated`)."""
     transport = transports.for_node(node)
     seen = fingerprint(db, transport.stat(node, f"{db.path}-wal"))
     previous = catalog.source_state(node.name, db.path)
-    if previous and previous[0] == seen:
+    if previous and previous[0] == seen and catalog.has_copy(previous[1]):
         return Snapshot(previous[1], taken=False)
     staging = f"{STAGING_DIR}/{db.path}.{time.time_ns()}"
     snap = transport.snapshot_sqlite(node, db.path, staging)
+    checked = None
     if check is not None:
         try:
-            check(staging)
+            checked = check(staging)
         except Exception:
             transport.remove(node, staging)
             raise
     sha = transport.sha256(node, staging)
-    if (catalog.artifacts_frame([kind])["sha256"] == sha).any():
-        transport.remove(node, staging)  # same bytes as a snapshot already held
-    else:
-        catalog.add_artifact(
-            sha, kind=kind, config=config, name=db.path, size=snap.size, origin_node=node.name
-        )
-        catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
+    catalog.add_artifact(
+        sha, kind=kind, config=config, name=db.path, size=snap.size, origin_node=node.name
+    )
+    catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
     catalog.set_source_state(node.name, db.path, seen, sha)
-    return Snapshot(sha, taken=True)
+    return Snapshot(sha, taken=True, checked=checked)
 
 
 @dataclass
 class Settled:
     durable_copies: dict[str, int] = field(default_factory=dict)  # sha256 → copies
     under_replicated: list[str] = field(default_factory=list)  # sha256
+    replication: ReplicationResult = field(default_factory=ReplicationResult)
 
 
-def release_staging(
-    node: Node, mine: pd.DataFrame, kind: str, wanted: int, catalog: Catalog,
+def collect_originated(
+    node: Node,
+    kind: str,
+    wanted: int,
+    target_path: Callable[[pd.Series], str],
+    fleet: Fleet,
+    catalog: Catalog,
     transports: Transports,
-) -> Settled:  # fmt: skip
-    """Count durable copies of the snapshots `node` originated; where policy is met, the
-    node's own staging copy goes (it was only ever a source)."""
+) -> Settled:
+    """Bring every snapshot `node` originated up to `wanted` durable copies, then remove
+    the node's staging copies of those that have them.
+
+    The durable copies are looked at first (one command per holder node, no hashing):
+    a copy the catalog remembers but the disk lost is dropped and made again from the
+    staging copy, never counted toward deleting it (the disk's word beats the catalog's)."""
+    artifacts = catalog.artifacts_frame([kind])
+    mine = artifacts[artifacts["origin_node"] == node.name]
     settled = Settled()
+    if mine.empty:
+        return settled
+    replicas = catalog.replicas_frame([kind])
+    durable = {n.name for n in fleet.durable_nodes}
+    held = replicas[
+        replicas["sha256"].isin(mine["sha256"])
+        & replicas["node"].isin(durable)
+        & (replicas["state"] == "verified")
+    ]
+    for holder, rows in held.groupby("node"):
+        recorded = [
+            AuditedReplica(sha, path, int(size), None)
+            for sha, path, size in rows[["sha256", "path", "size"]].itertuples(index=False)
+        ]
+        holder_node = fleet.node(str(holder))
+        try:
+            lost = confirm_replicas(
+                holder_node, catalog, transports.for_node(holder_node), recorded
+            )
+        except TransferError as exc:
+            settled.replication.failures.append(str(exc))
+            continue
+        settled.replication.findings += [
+            f"node {holder}: {r.path}: durable copy of {r.sha256[:16]} not on disk; "
+            "dropped from the catalog"
+            for r in lost
+        ]
+    settled.replication.add(replicate(mine["sha256"], fleet, catalog, transports, target_path))
+    _release_staging(node, mine, kind, wanted, catalog, transports, settled)
+    return settled
+
+
+def _release_staging(
+    node: Node, mine: pd.DataFrame, kind: str, wanted: int, catalog: Catalog,
+    transports: Transports, settled: Settled,
+) -> None:  # fmt: skip
+    """Count durable copies of the snapshots `node` originated; where policy is met, the
+    node's own staging copy goes (it was only ever a source), dropped from the catalog
+    in the same step."""
     replicas = catalog.replicas_frame([kind])
     copies = durable_copies(replicas, catalog.nodes_frame())
     transport = transports.for_node(node)
@@ -103,4 +163,3 @@ def release_staging(
         for path in staged["path"]:
             transport.remove(node, path)
             catalog.drop_replicas(node.name, [(sha, path)])
-    return settled

@@ -171,33 +171,33 @@ def bytes_at_risk(artifacts: pd.DataFrame, replicas: pd.DataFrame, nodes: pd.Dat
     return int(at_risk["size"].sum())
 
 
-def plan_fanout(
-    sources: set[str],
-    targets: list[str],
+def fanout_wave(
+    holders: set[str],
+    missing: list[str],
     per_source: int,
     unavailable: frozenset[str] = frozenset(),
-) -> list[list[tuple[str, str]]]:
-    """Waves of (source, target) copies that put one artifact on every target node.
+) -> list[tuple[str, str]]:
+    """The next wave of (source, target) copies that put one artifact on `missing` nodes.
 
-    `targets` are the nodes still lacking it (a source may be one of them: it holds
-    the bytes elsewhere). Each wave a source serves at most `per_source` targets;
-    targets served in a wave become sources for the next, so a 100-node push is a
-    tree, not a star from the coordinator (LESSONS 2). Unavailable nodes are neither
-    sources nor targets."""
-    have = {n for n in sources if n not in unavailable}
-    missing = [t for t in targets if t not in unavailable]
-    waves: list[list[tuple[str, str]]] = []
-    while missing and have:
-        wave: list[tuple[str, str]] = []
-        load = dict.fromkeys(sorted(have), 0)
-        for target in list(missing):
-            # A node that holds the bytes elsewhere serves itself first.
-            source = target if target in load else min(load, key=lambda n: (load[n], n))
+    `holders` are the nodes whose copy is *confirmed now* (a copy that failed in the
+    previous wave must not serve this one), `missing` the nodes still lacking it (a
+    holder may be one of them: it holds the bytes elsewhere). Each source serves at most
+    `per_source` targets per wave; the caller adds the targets that succeeded to
+    `holders` and asks again, so a 100-node push is a tree, not a star from the
+    coordinator (LESSONS 2). Unavailable nodes are neither sources nor targets."""
+    load = dict.fromkeys(sorted(n for n in holders if n not in unavailable), 0)
+    wave: list[tuple[str, str]] = []
+    for target in missing:
+        if not load or target in unavailable:
+            continue
+        if target in load:  # it holds the bytes elsewhere: it serves itself
+            source = target
             if load[source] >= per_source:
-                break
-            load[source] += 1
-            wave.append((source, target))
-            missing.remove(target)
-        waves.append(wave)
-        have |= {t for _, t in wave}
-    return waves
+                continue
+        else:
+            source = min(load, key=lambda n: (load[n], n))
+            if load[source] >= per_source:
+                break  # the least-loaded source is full: so are all the others
+        load[source] += 1
+        wave.append((source, target))
+    return wave

@@ -15,8 +15,21 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import CopyItem, CopyResult, NodeUnreachable, TransferError
-from sync_assets.placement import DiskFloor, Plan, plan_fanout, plan_replication
+from resources.transport.base import (
+    ChecksumMismatch,
+    CopyItem,
+    CopyResult,
+    NodeUnreachable,
+    TransferError,
+)
+from sync_assets.audit import AUDITED_STATES, AuditedReplica, confirm_replicas
+from sync_assets.placement import DiskFloor, Plan, fanout_wave, plan_replication
+
+
+class SourceGone(TransferError):
+    """A copy failed and its source, looked at again, is not what the catalog recorded
+    (gone, resized, or other bytes): that replica was dropped from the catalog. A finding
+    the planner repairs from another copy, not a failed transfer."""
 
 
 @dataclass
@@ -25,6 +38,8 @@ class ReplicationResult:
     bytes_moved: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    # Catalog replicas found wrong on disk and dropped (the disk's word beats the catalog's).
+    findings: list[str] = field(default_factory=list)
     blocked: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def count(self, copied: CopyResult) -> None:
@@ -37,7 +52,17 @@ class ReplicationResult:
         self.bytes_moved += other.bytes_moved
         self.seconds += other.seconds
         self.failures += other.failures
+        self.findings += other.findings
         self.blocked = pd.concat([self.blocked, other.blocked], ignore_index=True)
+
+    def note(self, outcome: CopyResult | TransferError) -> None:
+        """Count a copy, or file its error as a finding (source gone) or a failure."""
+        if isinstance(outcome, CopyResult):
+            self.count(outcome)
+        elif isinstance(outcome, SourceGone):
+            self.findings.append(str(outcome))
+        else:
+            self.failures.append(str(outcome))
 
 
 def unavailable_nodes(nodes: pd.DataFrame, open_breakers: frozenset[str]) -> frozenset[str]:
@@ -55,7 +80,9 @@ def copy_recorded(
 ) -> list[CopyResult | TransferError]:
     """Copy a batch; each replica is recorded only after the target verified it, and
     every attempt, failed or not, lands in the transfer log. An unreachable node fails
-    the whole batch and feeds its circuit breaker."""
+    the whole batch and feeds its circuit breaker. The source of every other failed
+    copy is looked at once more: if it is not what the catalog recorded, its replica is
+    dropped and the outcome is `SourceGone`, so callers copy from elsewhere."""
     started = time.monotonic()
     try:
         results = transports.copy_many(src, dst, items)
@@ -65,6 +92,7 @@ def copy_recorded(
     if any(isinstance(r, CopyResult) for r in results):
         for node in (src.name, dst.name):
             catalog.record_node_result(node, None)
+    results = _confirm_sources(src, items, results, catalog, transports)
     for item, outcome in zip(items, results, strict=True):
         if isinstance(outcome, CopyResult):
             catalog.record_replica(item.sha256, dst.name, item.dst_path, outcome.size)
@@ -80,6 +108,53 @@ def copy_recorded(
     return results
 
 
+def _confirm_sources(
+    src: Node,
+    items: list[CopyItem],
+    results: list[CopyResult | TransferError],
+    catalog: Catalog,
+    transports: Transports,
+) -> list[CopyResult | TransferError]:
+    """Turn failures whose source is not there (or not those bytes) into `SourceGone`,
+    dropping the wrong replica. Sizes are checked for all of them in one command; a
+    checksum mismatch with the right size re-hashes the source on its node."""
+    failed = [
+        (i, item)
+        for i, (item, outcome) in enumerate(zip(items, results, strict=True))
+        if isinstance(outcome, TransferError) and not isinstance(outcome, NodeUnreachable)
+    ]
+    if not failed:
+        return results
+    transport = transports.for_node(src)
+    wanted = {(item.sha256, item.src_path) for _, item in failed}
+    recorded = [
+        AuditedReplica(sha, path, size, None)
+        for sha, path, size, _ in catalog.replicas_on_node(src.name, AUDITED_STATES)
+        if (sha, path) in wanted
+    ]
+    try:
+        gone = {(r.sha256, r.path) for r in confirm_replicas(src, catalog, transport, recorded)}
+        for i, item in failed:
+            if (item.sha256, item.src_path) in gone or not isinstance(results[i], ChecksumMismatch):
+                continue
+            if transport.sha256(src, item.src_path) != item.sha256:  # same size, other bytes
+                catalog.drop_replicas(src.name, [(item.sha256, item.src_path)])
+                gone.add((item.sha256, item.src_path))
+    except TransferError:
+        return results  # could not look: keep the original errors, drop nothing
+    out = list(results)
+    for i, item in failed:
+        if (item.sha256, item.src_path) in gone:
+            out[i] = SourceGone(
+                f"node {src.name}: {item.src_path}: source of {item.sha256[:16]} is not on "
+                f"disk as recorded ({results[i]}); replica dropped from the catalog"
+            )
+    return out
+
+
+MAX_REPLAN_ROUNDS = 3
+
+
 def replicate(
     shas: Iterable[str],
     fleet: Fleet,
@@ -90,15 +165,38 @@ def replicate(
     """Bring the given artifacts up to policy; `target_path(artifact_row)` names the copy.
 
     Transfers go in risk order, batched per (source, target) pair. The database is
-    asked first which of them are below policy: a fleet in order costs one query."""
+    asked first which of them are below policy: a fleet in order costs one query.
+    Artifacts whose source turned out to be gone are planned again (from another copy,
+    or reported as blocked when none is left), at most `MAX_REPLAN_ROUNDS` times."""
     min_replicas = min_replicas_by_kind(fleet)
-    wanted = set(shas) & catalog.below_policy(min_replicas)
-    if not wanted:
-        return ReplicationResult()
+    result = ReplicationResult()
+    pending = set(shas)
+    for _ in range(MAX_REPLAN_ROUNDS):
+        wanted = pending & catalog.below_policy(min_replicas)
+        if not wanted:
+            break
+        pending = _replicate_once(
+            wanted, min_replicas, fleet, catalog, transports, target_path, result
+        )
+        if not pending:
+            break
+    return result
+
+
+def _replicate_once(
+    wanted: set[str],
+    min_replicas: dict[str, int],
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+    target_path: Callable[[pd.Series], str],
+    result: ReplicationResult,
+) -> set[str]:
+    """One plan, executed; returns the artifacts whose source was gone (to plan again)."""
     artifacts = catalog.artifacts_frame()
     artifacts = artifacts[artifacts["sha256"].isin(wanted)]
     if artifacts.empty:
-        return ReplicationResult()
+        return set()
     replicas = catalog.replicas_frame()
     nodes = catalog.nodes_frame()
     policy = fleet.policy
@@ -110,11 +208,12 @@ def replicate(
         floor=DiskFloor(policy.disk.max_target_use, policy.disk.min_free_gb),
         unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
     )
-    result = ReplicationResult(blocked=plan.blocked)
+    result.blocked = plan.blocked  # the last plan's view: earlier rounds' are superseded
     by_sha = artifacts.set_index("sha256")
-    usable = replicas[replicas["state"].isin(["verified", "staging"])]
+    usable = replicas[replicas["state"].isin(AUDITED_STATES)]
     source_paths = usable.drop_duplicates(["sha256", "node"]).set_index(["sha256", "node"])["path"]
     down: set[str] = set()  # unreachable this pass: not tried again until the next one
+    again: set[str] = set()
     for (source, target), moves in plan.transfers.groupby(["source", "target"], sort=False):
         if down & {source, target}:
             unreachable = ", ".join(f"node {n}" for n in sorted(down & {source, target}))
@@ -127,16 +226,14 @@ def replicate(
             CopyItem(source_paths[(sha, source)], target_path(by_sha.loc[sha].rename(sha)), sha)
             for sha in moves["sha256"]
         ]
-        for outcome in copy_recorded(
-            fleet.node(source), fleet.node(target), items, catalog, transports
-        ):
-            if isinstance(outcome, CopyResult):
-                result.count(outcome)
-            else:
-                result.failures.append(str(outcome))
-                if isinstance(outcome, NodeUnreachable):
-                    down.add(outcome.node)
-    return result
+        outcomes = copy_recorded(fleet.node(source), fleet.node(target), items, catalog, transports)
+        for item, outcome in zip(items, outcomes, strict=True):
+            result.note(outcome)
+            if isinstance(outcome, SourceGone):
+                again.add(item.sha256)
+            elif isinstance(outcome, NodeUnreachable):
+                down.add(outcome.node)
+    return again
 
 
 def distribute(
@@ -148,23 +245,44 @@ def distribute(
     transports: Transports,
 ) -> ReplicationResult:
     """Put one artifact at `path` on every target node, fanned out in waves; nodes that
-    received it serve the next wave. Copies are verified and recorded like any other."""
-    replicas = catalog.replicas_frame()
-    usable = replicas[
-        (replicas["sha256"] == sha256) & replicas["state"].isin(["verified", "staging"])
-    ]
-    source_path = dict(zip(usable["node"], usable["path"], strict=False))
-    done = set(usable.loc[usable["path"] == path, "node"])
-    nodes = catalog.nodes_frame()
-    waves = plan_fanout(
-        set(source_path),
-        [t for t in targets if t not in done],
-        per_source=fleet.policy.transfers_per_node,
-        unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
-    )
+    received it serve the next wave. Copies are verified and recorded like any other.
+
+    A target the catalog says already holds it is looked at first (a "nothing to do" is
+    confirmed on disk, not taken on the catalog's word). Each wave is planned from the
+    copies that exist now: a target whose copy failed never serves, and a source found
+    gone is dropped and its target served by another holder."""
     result = ReplicationResult()
-    for wave in waves:
+    replicas = catalog.replicas_frame()
+    mine = replicas[(replicas["sha256"] == sha256) & replicas["state"].isin(AUDITED_STATES)]
+    for node_name, rows in mine[mine["path"] == path].groupby("node"):
+        if node_name not in targets:
+            continue
+        recorded = [AuditedReplica(sha256, path, int(rows["size"].iloc[0]), None)]
+        node = fleet.node(str(node_name))
+        try:
+            wrong = confirm_replicas(node, catalog, transports.for_node(node), recorded)
+        except TransferError as exc:
+            result.failures.append(str(exc))
+            continue
+        if wrong:
+            result.findings.append(
+                f"node {node_name}: {path}: recorded copy of {sha256[:16]} not on disk; "
+                "dropped from the catalog, copying again"
+            )
+            mine = mine[~((mine["node"] == node_name) & (mine["path"] == path))]
+    # One path per holder, preferring `path` itself (the copy just confirmed).
+    ordered = mine.assign(here=mine["path"] != path).sort_values(["here", "node"])
+    source_path = dict(ordered.drop_duplicates("node")[["node", "path"]].itertuples(index=False))
+    done = set(mine.loc[mine["path"] == path, "node"])
+    missing = [t for t in targets if t not in done]
+    unavailable = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    while missing:
+        wave = fanout_wave(set(source_path), missing, fleet.policy.transfers_per_node, unavailable)
+        if not wave:
+            break
         for source, target in wave:
+            if source not in source_path:  # found gone earlier in this wave
+                continue
             [outcome] = copy_recorded(
                 fleet.node(source),
                 fleet.node(target),
@@ -172,11 +290,83 @@ def distribute(
                 catalog,
                 transports,
             )
+            result.note(outcome)
+            if isinstance(outcome, SourceGone):
+                del source_path[source]  # the target stays missing: another holder serves it
+                continue
+            missing.remove(target)
             if isinstance(outcome, CopyResult):
-                result.count(outcome)
                 source_path.setdefault(target, path)
-            else:
-                result.failures.append(str(outcome))
+    if missing and not set(source_path) - unavailable:
+        result.findings.append(
+            f"{sha256[:16]}: no copy left to copy from; not placed on {', '.join(sorted(missing))}"
+        )
+    return result
+
+
+def gather(
+    node: Node,
+    shas: Iterable[str],
+    target_path: Callable[[pd.Series], str],
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+) -> ReplicationResult:
+    """Make sure `node` holds a verified copy of each artifact, on disk: the copies the
+    catalog says it has are looked at first, the others are copied from a verified
+    holder (durable nodes first), batched per source; a holder found without the bytes
+    is dropped and another one used. What no holder can provide is a finding."""
+    result = ReplicationResult()
+    wanted = set(shas)
+    if not wanted:
+        return result
+    durable = {n.name for n in fleet.durable_nodes}
+    replicas = catalog.replicas_frame()
+    mine = replicas[
+        replicas["sha256"].isin(wanted)
+        & (replicas["node"] == node.name)
+        & (replicas["state"] == "verified")
+    ]
+    recorded = [
+        AuditedReplica(sha, path, int(size), None)
+        for sha, path, size in mine[["sha256", "path", "size"]].itertuples(index=False)
+    ]
+    try:
+        for r in confirm_replicas(node, catalog, transports.for_node(node), recorded):
+            result.findings.append(
+                f"node {node.name}: {r.path}: copy of {r.sha256[:16]} not on disk; "
+                "dropped from the catalog"
+            )
+    except TransferError as exc:
+        result.failures.append(str(exc))
+        return result
+    artifacts = catalog.artifacts_frame().set_index("sha256")
+    for _ in range(MAX_REPLAN_ROUNDS):
+        replicas = catalog.replicas_frame()
+        verified = replicas[replicas["sha256"].isin(wanted) & (replicas["state"] == "verified")]
+        missing = wanted - set(verified.loc[verified["node"] == node.name, "sha256"])
+        down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+        sources = verified[~verified["node"].isin(down) & (verified["node"] != node.name)]
+        sources = sources.assign(ephemeral=~sources["node"].isin(durable)).sort_values(
+            ["ephemeral", "node", "path"]
+        )
+        first = sources[sources["sha256"].isin(missing)].drop_duplicates("sha256")
+        by_source: dict[str, list[CopyItem]] = {}
+        for sha, source, path in first[["sha256", "node", "path"]].itertuples(index=False):
+            target = target_path(artifacts.loc[sha].rename(sha))
+            by_source.setdefault(source, []).append(CopyItem(path, target, sha))
+        gone = False
+        for source, items in sorted(by_source.items()):
+            for outcome in copy_recorded(fleet.node(source), node, items, catalog, transports):
+                result.note(outcome)
+                gone |= isinstance(outcome, SourceGone)
+        if not gone:
+            break
+    replicas = catalog.replicas_frame()
+    here = replicas[(replicas["node"] == node.name) & (replicas["state"] == "verified")]
+    for sha in sorted(wanted - set(here["sha256"])):
+        if not (replicas["sha256"] == sha).any():
+            result.findings.append(f"{sha[:16]}: no copy left anywhere to bring to {node.name}")
     return result
 
 

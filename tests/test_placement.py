@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sync_assets.placement import (
     GIB,
@@ -169,11 +171,23 @@ def test_count_of_transfers_matches_deficit(mins):
     assert p.transfers["target"].is_unique
 
 
-def test_fanout_is_a_tree_not_a_star():
-    from sync_assets.placement import plan_fanout
+def _all_waves(holders, targets, per_source, unavailable=frozenset(), fails=frozenset()):
+    """Drive fanout_wave as distribute() does: targets in `fails` fail their copy."""
+    from sync_assets.placement import fanout_wave
 
+    have, missing, waves = set(holders), list(targets), []
+    while wave := fanout_wave(have, missing, per_source, unavailable):
+        waves.append(wave)
+        for _, target in wave:
+            missing.remove(target)
+            if target not in fails:
+                have.add(target)
+    return waves
+
+
+def test_fanout_is_a_tree_not_a_star():
     targets = [f"gpu-{i:02d}" for i in range(14)]
-    waves = plan_fanout({"store-1"}, targets, per_source=2)
+    waves = _all_waves({"store-1"}, targets, per_source=2)
     assert [len(w) for w in waves] == [2, 6, 6]  # 1 source → 3 → 9 sources
     served = [t for w in waves for _, t in w]
     assert sorted(served) == targets
@@ -184,10 +198,40 @@ def test_fanout_is_a_tree_not_a_star():
 
 
 def test_fanout_skips_unavailable_and_self_serves():
-    from sync_assets.placement import plan_fanout
-
-    waves = plan_fanout({"a", "b"}, ["c", "d"], per_source=1, unavailable=frozenset({"d"}))
+    waves = _all_waves({"a", "b"}, ["c", "d"], per_source=1, unavailable=frozenset({"d"}))
     assert waves == [[("a", "c")]]
-    assert plan_fanout({"a"}, ["b"], per_source=1, unavailable=frozenset({"a"})) == []
+    assert _all_waves({"a"}, ["b"], per_source=1, unavailable=frozenset({"a"})) == []
     # "a" holds the bytes at another path: it copies to itself, not from "b".
-    assert plan_fanout({"a", "b"}, ["a"], per_source=1) == [[("a", "a")]]
+    assert _all_waves({"a", "b"}, ["a"], per_source=1) == [[("a", "a")]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    holders=st.sets(st.sampled_from("abcdefgh"), max_size=3),
+    targets=st.lists(st.sampled_from("abcdefghijklmnop"), unique=True, max_size=12),
+    per_source=st.integers(1, 3),
+    unavailable=st.frozensets(st.sampled_from("abcdefghijklmnop"), max_size=3),
+    fails=st.frozensets(st.sampled_from("abcdefghijklmnop"), max_size=4),
+)
+def test_failed_copy_in_a_fanout_wave_never_serves_a_later_wave(
+    holders, targets, per_source, unavailable, fails
+):
+    """Every source of every wave holds the bytes at that moment (a holder from the start
+    or a target whose copy succeeded earlier), no source serves more than per_source
+    targets per wave, and every reachable target is served when any holder is reachable."""
+    waves = _all_waves(holders, targets, per_source, unavailable, fails)
+    have = set(holders)
+    served = []
+    for wave in waves:
+        sources = [s for s, _ in wave]
+        assert set(sources) <= have - unavailable
+        assert all(sources.count(s) <= per_source for s in sources)
+        for _, target in wave:
+            assert target not in unavailable
+            served.append(target)
+            if target not in fails:
+                have.add(target)
+    assert len(served) == len(set(served))
+    reachable = [t for t in targets if t not in unavailable]
+    if set(holders) - unavailable:
+        assert sorted(served) == sorted(reachable)
