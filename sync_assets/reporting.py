@@ -13,7 +13,11 @@ paths and drifting field names once made promotion distribute nothing):
   `report(...)` in Python, `fleetsync report` on the command line (`cmd_report`),
   and `report(..., url=...)` which POSTs to a running webserver;
 - and the receiving side re-validates (`candidate_from_event`), because anyone can
-  POST straight to the webserver's `/report_asset_materialization/` endpoint.
+  POST straight to the webserver's `/report_asset_materialization/` endpoint;
+- on both sides, a candidate's path is under `models/` and never names what fleetsync
+  publishes there (`canonical_*`, `ringrift_best_*`): `candidate_path_problem`.
+
+A report is a claim: it never moves or deletes a file, whatever it says.
 
 Nothing is recorded unless every check passed.
 """
@@ -52,6 +56,7 @@ from resources.transport import Transports
 from resources.transport.base import TransferError, Transport
 from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath
 from sync_assets.configs import ConfigKeyError, normalize_config
+from sync_assets.models.publish import candidate_path_problem
 
 Kind = Literal["candidate", "npz"]
 KINDS: tuple[Kind, ...] = ("candidate", "npz")
@@ -157,6 +162,11 @@ class ReportRequest(BaseModel):
                 in_name = None
             if in_name is not None and in_name != config:
                 raise ValueError(f"{rel!r} names config {in_name}, the report says {config}")
+        # Where a candidate may be: a claim naming the promoted model is refused on
+        # both sides, before anything looks at (let alone touches) the file.
+        problem = candidate_path_problem(rel) if kind == "candidate" else None
+        if problem is not None:
+            raise ValueError(problem)
         return rel
 
     @field_validator("sha256")

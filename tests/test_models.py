@@ -64,7 +64,7 @@ def test_first_candidate_is_promoted_and_reaches_every_gpu_node(fleet_env):
         assert os.readlink(models / f"ringrift_best_{CONFIG}.pth") == f"canonical_{CONFIG}.pth"
 
 
-def test_a_truncated_candidate_is_quarantined_and_never_distributed(fleet_env):
+def test_a_truncated_candidate_is_rejected_left_alone_and_never_distributed(fleet_env):
     fleet, resources, instance = fleet_env
     trainer = fleet.nodes_with_role("training")[0]
     path = write_candidate(Path(fleet.nodes[0].data_root).parents[1], trainer.name, CONFIG, 2)
@@ -73,12 +73,14 @@ def test_a_truncated_candidate_is_quarantined_and_never_distributed(fleet_env):
     ).raise_for_problems()
     model = Path(trainer.data_root) / path
     model.write_bytes(model.read_bytes()[:1000])  # an upload cut short after the report
+    truncated = model.read_bytes()
 
     mat = promote(resources, instance)
     assert mat.metadata["promoted"].value is False
-    assert "moved to quarantine/" in mat.metadata["reason"].value
-    assert not model.exists()
-    assert list((Path(trainer.data_root) / "quarantine").iterdir())
+    assert mat.metadata["report_rejected"].value is True
+    assert "report rejected, file left untouched" in mat.metadata["reason"].value
+    assert model.read_bytes() == truncated  # a report never moves or deletes a file
+    assert not (Path(trainer.data_root) / "quarantine").exists()
     catalog: Catalog = resources["catalog"]
     assert catalog.alias(PROMOTED_ALIAS, CONFIG) is None
     assert catalog.artifacts_frame(["model"]).empty  # recorded nowhere

@@ -150,6 +150,11 @@ GOOD = {
         ({"path": "models/candidate_square8_2p.pth"},
          ["path: 'models/candidate_square8_2p.pth' names config square8_2p, "
           "the report says hex8_2p"]),
+        ({"path": "models/./canonical_hex8_2p.pth"},
+         ["path: 'models/canonical_hex8_2p.pth': canonical_* and ringrift_best_* are "
+          "fleetsync's promoted models, never a candidate"]),
+        ({"path": "candidate_hex8_2p.pth"},
+         ["path: 'candidate_hex8_2p.pth': a candidate model is a file under models/"]),
         ({"node": "gpu-9"}, ["node: 'gpu-9' is not a node of fleet 'test'"]),
         ({"node": "train1"},
          ["node: 'train1' is not a node of fleet 'test' (did you mean 'train-1'?)"]),

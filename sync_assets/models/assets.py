@@ -67,7 +67,11 @@ def _latest_candidate(
     retry_policy=NETWORK_RETRY,
     description="Promotion gate (ratings margin or a reported decision): an alias flip in "
     "the catalog, then canonical_{config}.pth + ringrift_best symlink on durable nodes.",
-    check_specs=[dg.AssetCheckSpec("promoted_on_durable_nodes", asset=PROMOTED)],
+    check_specs=[
+        dg.AssetCheckSpec("promoted_on_durable_nodes", asset=PROMOTED),
+        # A refused report (forged, stale, a file changed since) loses nothing but shows.
+        dg.AssetCheckSpec("candidate_report_accepted", asset=PROMOTED),
+    ],
 )
 def models_promoted(
     context: dg.AssetExecutionContext,
@@ -80,13 +84,16 @@ def models_promoted(
     promoted_sha = catalog.alias(PROMOTED_ALIAS, config)
     wanted = fleet.policy.min_replicas.models
 
-    def result(decision: Decision, **extra: "dg.RawMetadataValue") -> dg.MaterializeResult:
+    def result(
+        decision: Decision, *, rejected: bool = False, **extra: "dg.RawMetadataValue"
+    ) -> dg.MaterializeResult:
         holders = extra.pop("holders", None)
         return dg.MaterializeResult(
             metadata={
                 "promoted": decision.promote,
                 "reason": decision.reason,
                 "promoted_sha256": catalog.alias(PROMOTED_ALIAS, config) or "none",
+                "report_rejected": rejected,
                 **extra,
             },
             check_results=[
@@ -94,7 +101,12 @@ def models_promoted(
                     check_name="promoted_on_durable_nodes",
                     passed=holders is None or len(holders) >= wanted,  # type: ignore[arg-type]
                     metadata={"required": wanted, "holders": dg.MetadataValue.json(holders)},
-                )
+                ),
+                dg.AssetCheckResult(
+                    check_name="candidate_report_accepted",
+                    passed=not rejected,
+                    metadata={"reason": decision.reason if rejected else "no"},
+                ),
             ],
         )
 
@@ -102,12 +114,13 @@ def models_promoted(
     if candidate is None:
         return result(Decision(False, "no candidate reported for this config"))
     if isinstance(candidate, Rejected):
-        return result(Decision(False, f"candidate report rejected: {candidate.reason}"))
+        reason = f"candidate report rejected: {candidate.reason}"
+        return result(Decision(False, reason), rejected=True)
     node = fleet.node(candidate.node)
     try:
         register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
     except CandidateRejected as exc:
-        return result(Decision(False, str(exc)))
+        return result(Decision(False, str(exc)), rejected=True)
     mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
     decision = decide_promotion(
         candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
@@ -122,6 +135,12 @@ def models_promoted(
     placement = place_promoted(
         config, candidate.sha256, fleet.durable_nodes, fleet, catalog, transports
     )
+    if placement.changed_sources:
+        extra["changed_sources"] = dg.MetadataValue.json(placement.changed_sources)
+    if not placement.holders and placement.changed_sources:
+        changed = "; ".join(placement.changed_sources)
+        reason = f"the candidate changed on its node since it was checked: {changed}"
+        return result(Decision(False, reason), rejected=True, **extra)
     raise_on_failures(placement.moved, f"config {config}: placing the promoted model")
     if not placement.holders:
         raise dg.Failure(f"config {config}: the promoted model reached no durable node")
