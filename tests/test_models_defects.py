@@ -250,12 +250,17 @@ def test_promoted_model_reaches_gpu_nodes_from_durable_copies_after_the_candidat
     fleet, resources, instance, catalog_db = fleet_env
     trainer, path, v1 = promote_first_candidate(fleet, resources, instance)
     v2 = overwrite_with_v2(fleet, trainer, path)
+    changed = []
     for node in fleet.gpu_nodes:
-        assert dg.materialize(
+        run = dg.materialize(
             [models_on_node], partition_key=node.name, instance=instance, resources=resources
-        ).success
+        )
+        assert run.success
+        [mat] = run.asset_materializations_for_node(models_on_node.op.name)
+        changed += mat.metadata["changed_sources"].value
         assert sha_of(Path(node.data_root) / CANONICAL) == v1
     assert sha_of(Path(fleet.node(trainer).data_root) / path) == v2
+    assert len(changed) == 1 and f"{trainer}: {path} now hashes to {v2[:12]}" in changed[0]
     assert not {r for r in model_rows(catalog_db) if r[1:] == (trainer, path)}
 
 

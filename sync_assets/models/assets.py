@@ -171,12 +171,14 @@ def models_on_node(
     fleet = inventory.load()
     node = fleet.node(context.partition_key)
     rows = []
+    changed: list[str] = []  # candidate copies found overwritten, dropped as sources
     if node.name in {n.name for n in fleet.gpu_nodes}:
         for config in fleet.configs:
             sha = catalog.alias(PROMOTED_ALIAS, config)
             if sha is None:
                 continue
             placement = place_promoted(config, sha, [node], fleet, catalog, transports)
+            changed += placement.changed_sources
             raise_on_failures(placement.moved, f"node {node.name}: promoted model {config}")
             rows.append(
                 {"config": config, "sha256": sha[:16], "verified": node.name in placement.holders}
@@ -186,6 +188,7 @@ def models_on_node(
         metadata={
             "gpu_node": node.name in {n.name for n in fleet.gpu_nodes},
             "models": table(frame),
+            "changed_sources": dg.MetadataValue.json(changed),
         },
         check_results=[
             dg.AssetCheckResult(
