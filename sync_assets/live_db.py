@@ -21,10 +21,9 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from resources.transport.base import RemoteFile, TransferError
-from sync_assets.audit import AuditedReplica, confirm_replicas
+from resources.transport.base import RemoteFile
 from sync_assets.placement import durable_copies
-from sync_assets.replication import ReplicationResult, replicate
+from sync_assets.replication import ReplicationResult, confirm_holders, replicate
 
 STAGING_DIR = ".fleetsync/snapshots"
 
@@ -110,31 +109,7 @@ def collect_originated(
     settled = Settled()
     if mine.empty:
         return settled
-    replicas = catalog.replicas_frame([kind])
-    durable = {n.name for n in fleet.durable_nodes}
-    held = replicas[
-        replicas["sha256"].isin(mine["sha256"])
-        & replicas["node"].isin(durable)
-        & (replicas["state"] == "verified")
-    ]
-    for holder, rows in held.groupby("node"):
-        recorded = [
-            AuditedReplica(sha, path, int(size), None)
-            for sha, path, size in rows[["sha256", "path", "size"]].itertuples(index=False)
-        ]
-        holder_node = fleet.node(str(holder))
-        try:
-            lost = confirm_replicas(
-                holder_node, catalog, transports.for_node(holder_node), recorded
-            )
-        except TransferError as exc:
-            settled.replication.failures.append(str(exc))
-            continue
-        settled.replication.findings += [
-            f"node {holder}: {r.path}: durable copy of {r.sha256[:16]} not on disk; "
-            "dropped from the catalog"
-            for r in lost
-        ]
+    settled.replication.add(confirm_holders(mine["sha256"], fleet, catalog, transports))
     settled.replication.add(replicate(mine["sha256"], fleet, catalog, transports, target_path))
     _release_staging(node, mine, kind, wanted, catalog, transports, settled)
     return settled

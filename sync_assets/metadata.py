@@ -34,6 +34,9 @@ def transfer_metadata(moved: ReplicationResult) -> dict[str, dg.RawMetadataValue
         "transfer_seconds": round(moved.seconds, 3),
         "throughput_mb_s": round(mb_s, 2),
         "not_planned": table(moved.blocked),
+        # Replicas the catalog had but the disk did not: dropped, and repaired from elsewhere.
+        "replicas_found_missing": len(moved.findings),
+        "findings": dg.MetadataValue.json(moved.findings[:50]),
     }
 
 

@@ -152,6 +152,47 @@ def _confirm_sources(
     return out
 
 
+def confirm_holders(
+    shas: Iterable[str],
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+    nodes: Iterable[str] | None = None,
+) -> ReplicationResult:
+    """Look at the verified copies of these artifacts (on `nodes`, default: the durable
+    ones) on disk, one command per node, no hashing; drop the ones that are gone or
+    resized. Called before a decision that takes the catalog's word that copies exist
+    (skip an export, release a staging copy, count a version as replicated). An
+    unreachable node is a failure, not a loss: its copies stay."""
+    result = ReplicationResult()
+    wanted = set(shas)
+    names = {n.name for n in fleet.durable_nodes} if nodes is None else set(nodes)
+    names -= unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    replicas = catalog.replicas_frame()
+    held = replicas[
+        replicas["sha256"].isin(wanted)
+        & replicas["node"].isin(names)
+        & (replicas["state"] == "verified")
+    ]
+    for holder, rows in held.groupby("node"):
+        recorded = [
+            AuditedReplica(sha, path, int(size), None)
+            for sha, path, size in rows[["sha256", "path", "size"]].itertuples(index=False)
+        ]
+        node = fleet.node(str(holder))
+        try:
+            lost = confirm_replicas(node, catalog, transports.for_node(node), recorded)
+        except TransferError as exc:
+            result.failures.append(str(exc))
+            continue
+        result.findings += [
+            f"node {holder}: {r.path}: recorded copy of {r.sha256[:16]} not on disk; "
+            "dropped from the catalog"
+            for r in lost
+        ]
+    return result
+
+
 MAX_REPLAN_ROUNDS = 3
 
 

@@ -25,7 +25,10 @@ CANONICAL = dg.AssetKey(["games", "canonical"])
     pool="transfers",
     description="Games produced on the node, snapshotted consistently and collected to "
     "≥ policy.min_replicas.games verified copies on distinct durable nodes.",
-    check_specs=[dg.AssetCheckSpec("durable_copies", asset=SELFPLAY)],
+    check_specs=[
+        dg.AssetCheckSpec("durable_copies", asset=SELFPLAY),
+        dg.AssetCheckSpec("every_db_collected", asset=SELFPLAY),
+    ],
 )
 def games_selfplay(
     context: dg.AssetExecutionContext,
@@ -48,6 +51,8 @@ def games_selfplay(
             "unchanged_dbs": collected.unchanged,
             "skipped": dg.MetadataValue.json(collected.skipped),
             "unsafe_names_rejected": dg.MetadataValue.json(collected.rejected_names),
+            # Games whose own config differs from their file's name (routed by their own).
+            "misrouted_games": dg.MetadataValue.json(collected.misrouted),
             "replicas": table(copies),
             **transfer_metadata(collected.replication),
         },
@@ -60,7 +65,12 @@ def games_selfplay(
                     "required": wanted,
                     "under_replicated": dg.MetadataValue.json(collected.under_replicated),
                 },
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="every_db_collected",
+                passed=not collected.skipped,
+                metadata={"skipped": dg.MetadataValue.json(collected.skipped)},
+            ),
         ],
     )
 
@@ -78,6 +88,7 @@ def games_selfplay(
     check_specs=[
         dg.AssetCheckSpec("durable_copies", asset=CANONICAL),
         dg.AssetCheckSpec("sqlite_integrity", asset=CANONICAL, blocking=True),
+        dg.AssetCheckSpec("every_snapshot_merged", asset=CANONICAL),
     ],
 )
 def games_canonical(
@@ -96,7 +107,9 @@ def games_canonical(
     return dg.MaterializeResult(
         metadata={
             "primary_node": merged.primary or "none",
+            "merged_into_sha256": merged.base_sha256 or "new file",
             "snapshots_merged": merged.snapshots_merged,
+            "snapshots_quarantined": dg.MetadataValue.json(merged.quarantined),
             "games_added": totals.get("added", 0),
             "duplicates": totals.get("duplicates", 0),
             "collisions_kept": totals.get("collisions_kept", 0),
@@ -117,6 +130,11 @@ def games_canonical(
                 check_name="sqlite_integrity",
                 passed=not merged.integrity_problems,
                 metadata={"problems": dg.MetadataValue.json(merged.integrity_problems[:20])},
+            ),
+            dg.AssetCheckResult(
+                check_name="every_snapshot_merged",
+                passed=not merged.quarantined,
+                metadata={"quarantined": dg.MetadataValue.json(merged.quarantined)},
             ),
         ],
     )

@@ -2,9 +2,21 @@
 
 The merge itself (`merge.py`, standard library only) runs *on* the durable node that
 holds the canonical DB — shipped over the transport as `python3 - ARGS` — so bytes
-never travel through the orchestrator. Only snapshots not merged before are merged
-(catalog `merges`); the result is hashed, registered as the config's canonical alias
-and replicated to the other durable nodes. One writer per config: a catalog lease.
+never travel through the orchestrator. One writer per config: a catalog lease.
+
+What to merge is decided by content, never by names:
+- a snapshot is merged into `config` when its census counted games of that config
+  (every game is routed by its own board and player count; a file's name is a hint);
+- the catalog records which snapshots each canonical *version* (its SHA-256) holds.
+  The primary's canonical file is hashed (or its recorded hash confirmed by size and
+  mtime) and merged with exactly the snapshots that version lacks. So a partial merge
+  on one node, followed by a change of primary, merges again into the new primary's
+  version whatever it never received; an unknown version (a merge that died) gets
+  everything again, which the idempotent merge makes safe;
+- a snapshot merge.py cannot read at all is quarantined (recorded, never retried, the
+  file kept); the other snapshots are merged.
+The result is hashed, registered as the config's canonical alias and replicated to the
+other durable nodes.
 """
 
 from __future__ import annotations
@@ -19,13 +31,17 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
 from resources.transport import Transports, python_for, sqlite_snapshot
-from resources.transport.base import CopyItem, CopyResult, TransferError
-from sync_assets.games import merge as merge_module
-from sync_assets.games.collect import SNAPSHOT_KIND, collected_path
-from sync_assets.replication import ReplicationResult, copy_recorded, replicate
+from resources.transport.base import TransferError
+from sync_assets.audit import SUSPECT_SLACK_S
+from sync_assets.games.collect import (
+    MERGE_SOURCE,
+    SNAPSHOT_KIND,
+    collected_path,
+    count_configs,
+)
+from sync_assets.replication import ReplicationResult, confirm_holders, gather, replicate
 
 CANONICAL_KIND = "games_canonical"
-MERGE_SOURCE = Path(merge_module.__file__).read_bytes()
 SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
 
 
@@ -37,8 +53,10 @@ def canonical_path(config: str) -> str:
 class CanonicalResult:
     config: str
     primary: str | None = None
+    base_sha256: str | None = None  # the canonical version merged into (None: new file)
     snapshots_merged: int = 0
     totals: dict[str, Any] = field(default_factory=dict)  # merge.py's totals
+    quarantined: dict[str, str] = field(default_factory=dict)  # snapshot label → why
     sha256: str | None = None
     size: int = 0
     moved: ReplicationResult = field(default_factory=ReplicationResult)
@@ -66,111 +84,165 @@ def _choose_primary(fleet: Fleet, replicas: pd.DataFrame, current: str | None) -
 def merge_canonical(
     config: str, fleet: Fleet, catalog: Catalog, transports: Transports
 ) -> CanonicalResult:
-    """Merge the not-yet-merged snapshots holding `config` and replicate the result."""
+    """Merge into the primary's canonical DB every collected snapshot holding games of
+    `config` that its version lacks, then register and replicate the result."""
     result = CanonicalResult(config=config)
     catalog.sync_nodes(fleet.nodes)
     with catalog.lease(f"games/canonical/{config}"):
-        replicas = catalog.replicas_frame()
+        _count_uncounted(fleet, catalog, transports, result.moved)
         current = catalog.alias(CANONICAL_KIND, config)
-        primary = _choose_primary(fleet, replicas, current)
+        primary = _choose_primary(fleet, catalog.replicas_frame(), current)
         result.primary = primary.name
-        on_primary = replicas[
-            (replicas["node"] == primary.name) & (replicas["state"] == "verified")
-        ]
-        # A canonical DB we cannot find verified anywhere: merge everything again into
-        # what the primary has (the merge is idempotent, so nothing doubles).
-        merged = catalog.merged_snapshots(config) if current in set(on_primary["sha256"]) else set()
-
-        snaps = catalog.artifacts_frame([SNAPSHOT_KIND])
-        durable_names = {n.name for n in fleet.durable_nodes}
-        collected = replicas[
-            (replicas["state"] == "verified") & replicas["node"].isin(durable_names)
-        ]
-        todo = snaps[
-            (snaps["config"].isna() | (snaps["config"] == config))
-            & ~snaps["sha256"].isin(merged)
-            & snaps["sha256"].isin(collected["sha256"])
-        ].sort_values(["created_at", "sha256"])
-
-        if not todo.empty:
-            _stage_on_primary(todo, primary, fleet, catalog, transports, result.moved)
-            replicas = catalog.replicas_frame()
-            here = replicas[(replicas["node"] == primary.name) & (replicas["state"] == "verified")]
-            paths = here.drop_duplicates("sha256").set_index("sha256")["path"]
-            todo = todo[todo["sha256"].isin(paths.index)]
-            labels = {
-                f"{a.origin_node}:{a.name}@{a.sha256[:12]}": a.sha256
-                for a in todo.itertuples(index=False)
-            }
-            args = [f"{paths[sha]}={label}" for label, sha in labels.items()]
-            try:
-                stats = _run_merge(primary, config, args, transports)
-            except MergeFailed as failed:
-                # Each snapshot merges in its own transaction: keep what was committed.
-                for per in failed.completed:
-                    catalog.record_merge(config, labels[per["label"]], per)
-                raise
-            for per in stats["snapshots"]:
-                catalog.record_merge(config, labels[per["label"]], per)
-            result.snapshots_merged = len(labels)
-            result.totals = stats["totals"]
-
-        transport = transports.for_node(primary)
         target = canonical_path(config)
-        if transport.stat(primary, target) is not None:
-            result.integrity_problems = _check_integrity(primary, target, transports)
+        result.base_sha256 = base = _version_on(primary, target, catalog, transports)
+        holds = catalog.canonical_contents(base) if base else set()
+        todo = _snapshots_for(config, fleet, catalog) - holds
+        merged: dict[str, dict[str, Any]] = {}
+        failure: TransferError | None = None
+        if todo:
+            result.moved.add(gather(primary, todo, collected_path, fleet, catalog, transports))
+            merged, failure = _merge_on(primary, config, todo, catalog, transports, result)
+
+        found = transports.for_node(primary).stat(primary, target)
+        if found is not None:
+            if todo or base is None:
+                result.integrity_problems = _check_integrity(primary, target, transports)
             if result.integrity_problems:
                 # A damaged corpus must not replace good copies elsewhere.
+                catalog.record_merges(config, None, merged)
                 return result
-            sha = transport.sha256(primary, target)
-            size = transport.stat(primary, target).size  # type: ignore[union-attr]
+            # Unchanged unless merge.py ran; it only ever adds, so what the base version
+            # held plus what committed now is what the new version holds, at least.
+            if todo or base is None:
+                sha = transports.for_node(primary).sha256(primary, target)
+            else:
+                sha = base
+            catalog.record_canonical_contents(config, sha, holds | set(merged))
+            catalog.record_merges(config, sha, merged)
             catalog.add_artifact(
-                sha,
-                kind=CANONICAL_KIND,
-                config=config,
-                name=target,
-                size=size,
+                sha, kind=CANONICAL_KIND, config=config, name=target, size=found.size,
                 origin_node=primary.name,
-            )
-            catalog.record_replica(sha, primary.name, target, size)
+            )  # fmt: skip
+            catalog.record_replica(sha, primary.name, target, found.size)
             catalog.set_alias(CANONICAL_KIND, config, sha)
-            result.sha256, result.size = sha, size
+            result.sha256, result.size = sha, found.size
+            result.moved.add(confirm_holders([sha], fleet, catalog, transports))
             result.moved.add(replicate([sha], fleet, catalog, transports, lambda _art: target))
-            copies = catalog.replicas_frame([CANONICAL_KIND])
-            result.durable_copies = int(
-                copies[(copies["sha256"] == sha) & copies["node"].isin(durable_names)][
-                    "node"
-                ].nunique()
-            )
+            result.durable_copies = _durable_holders(catalog, sha, fleet)
+        if failure is not None:
+            raise failure
     return result
 
 
-def _stage_on_primary(
-    todo: pd.DataFrame,
+def _snapshots_for(config: str, fleet: Fleet, catalog: Catalog) -> set[str]:
+    """Snapshots holding games of `config`, collected on a durable node, not quarantined."""
+    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
+    durable = {n.name for n in fleet.durable_nodes}
+    collected = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
+    holding = catalog.snapshots_holding(config) & set(collected["sha256"])
+    return holding - set(catalog.quarantined())
+
+
+def _count_uncounted(
+    fleet: Fleet, catalog: Catalog, transports: Transports, moved: ReplicationResult
+) -> None:
+    """Count the games of snapshots collected before censuses existed (or whose count
+    failed at collection), on a durable node holding them."""
+    uncounted = catalog.uncounted_snapshots(SNAPSHOT_KIND) - set(catalog.quarantined())
+    if not uncounted:
+        return
+    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
+    durable = {n.name for n in fleet.durable_nodes}
+    held = replicas[
+        replicas["sha256"].isin(uncounted)
+        & (replicas["state"] == "verified")
+        & replicas["node"].isin(durable)
+    ].drop_duplicates("sha256")
+    for sha, node_name, path in held[["sha256", "node", "path"]].itertuples(index=False):
+        try:
+            census = count_configs(fleet.node(str(node_name)), str(path), transports)
+        except TransferError as exc:
+            moved.failures.append(f"counting the games of {sha[:16]}: {exc}")
+            continue
+        catalog.record_census(str(sha), census.configs, census.unparsed)
+
+
+def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports) -> str | None:
+    """SHA-256 of the canonical file on `node` (None: there is none). The recorded hash
+    is taken when the file still has the recorded size and was not modified after it
+    was verified; otherwise the file is hashed on the node and stale records dropped."""
+    transport = transports.for_node(node)
+    found = transport.stat(node, path)
+    recorded = [
+        (sha, size, verified_at)
+        for sha, rpath, size, verified_at in catalog.replicas_on_node(node.name, ["verified"])
+        if rpath == path
+    ]
+    if found is None:
+        catalog.drop_replicas(node.name, [(sha, path) for sha, _, _ in recorded])
+        return None
+    for sha, size, verified_at in recorded:
+        if size == found.size and found.mtime_ns <= (verified_at + SUSPECT_SLACK_S) * 1e9:
+            return str(sha)
+    return transport.sha256(node, path)
+
+
+def _merge_on(
     primary: Node,
-    fleet: Fleet,
+    config: str,
+    todo: set[str],
     catalog: Catalog,
     transports: Transports,
-    moved: ReplicationResult,
-) -> None:
-    """Copy snapshots the primary lacks onto it (durable node to durable node)."""
+    result: CanonicalResult,
+) -> tuple[dict[str, dict[str, Any]], TransferError | None]:
+    """Run merge.py on the primary over the snapshots of `todo` it holds.
+
+    Returns ({snapshot sha → its stats} of the snapshots merged, the failure if the
+    merge stopped: what it committed before is kept). Unreadable snapshots are
+    quarantined."""
     replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    verified = replicas[replicas["state"] == "verified"]
-    by_source: dict[str, list[CopyItem]] = {}
-    for sha, row in todo.set_index("sha256").iterrows():
-        holders = verified[verified["sha256"] == sha]
-        if holders.empty or (holders["node"] == primary.name).any():
-            continue
-        source = holders.iloc[0]
-        by_source.setdefault(source["node"], []).append(
-            CopyItem(source["path"], collected_path(row.rename(sha)), str(sha))
-        )
-    for source_name, items in by_source.items():
-        for outcome in copy_recorded(fleet.node(source_name), primary, items, catalog, transports):
-            if isinstance(outcome, CopyResult):
-                moved.count(outcome)
-            else:
-                moved.failures.append(str(outcome))
+    here = replicas[
+        (replicas["node"] == primary.name)
+        & (replicas["state"] == "verified")
+        & replicas["sha256"].isin(todo)
+    ].drop_duplicates("sha256")
+    if here.empty:
+        return {}, None
+    labels = {
+        f"{r.origin_node}:{r.name}@{r.sha256[:12]}": (str(r.sha256), str(r.path))
+        for r in here.sort_values("sha256").itertuples(index=False)
+    }
+    args = [f"{path}={label}" for label, (_, path) in labels.items()]
+    try:
+        stats = _run_merge(primary, config, args, transports)
+        failure = None
+    except MergeFailed as exc:
+        stats, failure = {"snapshots": exc.completed, "totals": {}}, exc
+    except TransferError as exc:  # it died without saying what committed: assume nothing
+        return {}, exc
+    merged: dict[str, dict[str, Any]] = {}
+    for per in stats["snapshots"]:
+        sha = labels[per["label"]][0]
+        if per.get("status") == "unreadable":
+            why = str(per.get("error", "unreadable"))
+            catalog.quarantine(sha, why)
+            result.quarantined[per["label"]] = why
+        else:
+            merged[sha] = per
+    result.snapshots_merged = len(merged)
+    result.totals = stats["totals"]
+    return merged, failure
+
+
+def _durable_holders(catalog: Catalog, sha256: str, fleet: Fleet) -> int:
+    copies = catalog.replicas_frame([CANONICAL_KIND])
+    durable = {n.name for n in fleet.durable_nodes}
+    ok = copies[
+        (copies["sha256"] == sha256)
+        & (copies["state"] == "verified")
+        & copies["node"].isin(durable)
+    ]
+    return int(ok["node"].nunique())
 
 
 def _check_integrity(node: Node, path: str, transports: Transports) -> list[str]:
@@ -194,7 +266,7 @@ def _run_merge(
         stats: dict[str, Any] = json.loads(done.stdout)
     except ValueError:
         stats = {}
-    if done.returncode != 0:
+    if done.returncode != 0 or "snapshots" not in stats:
         raise MergeFailed(
             f"node {primary.name}: merge into {canonical_path(config)} failed "
             f"(exit {done.returncode}): "

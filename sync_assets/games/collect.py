@@ -1,26 +1,32 @@
 """Collect a node's game DBs: consistent snapshot on the node, then N verified durable copies.
 
 Every generator, tournament and gauntlet DB under `games/` is snapshotted on its node
-when it changed (`sync_assets/live_db.py`), and the planner copies each snapshot to
-durable nodes until `policy.min_replicas.games` is met.
+when it changed (`sync_assets/live_db.py`); the snapshot's games are counted per config
+there (each game by its own board and player count: a file's name is only a hint, and a
+game of another config is counted as misrouted, then merged where it belongs); and the
+planner copies each snapshot to durable nodes until `policy.min_replicas.games` is met.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from resources.catalog import Catalog
 from resources.inventory import Fleet, Node
-from resources.transport import Transports
+from resources.transport import Transports, python_for
+from resources.transport.base import NodeUnreachable, TransferError
 from sync_assets.configs import ConfigKeyError, normalize_config
-from sync_assets.live_db import release_staging, snapshot_if_changed
-from sync_assets.replication import ReplicationResult, replicate
+from sync_assets.games import merge as merge_module
+from sync_assets.live_db import collect_originated, snapshot_if_changed
+from sync_assets.replication import ReplicationResult
 
 SNAPSHOT_KIND = "games_snapshot"
+MERGE_SOURCE = Path(merge_module.__file__).read_bytes()
 # Generator, tournament and gauntlet DBs directly under games/ (never canonical_*, never
 # the collected/ tree on durable nodes).
 GAME_DB_RE = re.compile(
@@ -36,13 +42,24 @@ class CollectResult:
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)  # "path: why"
     rejected_names: list[str] = field(default_factory=list)
+    # Games whose own config is not the one their file's name says: path → {config: games}.
+    misrouted: dict[str, dict[str, int]] = field(default_factory=dict)
     replication: ReplicationResult = field(default_factory=ReplicationResult)
     durable_copies: dict[str, int] = field(default_factory=dict)  # snapshot path → copies
     under_replicated: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Census:
+    """Games per config in a snapshot, counted from each game's own board and players."""
+
+    configs: dict[str, int]
+    unparsed: int  # games whose board_type/num_players name no config
+
+
 def db_config(path: str) -> str | None:
-    """The config a game DB holds by its name; None for the mixed-config selfplay.db."""
+    """The config a game DB holds by its name (a hint only: every game is routed by its
+    own board_type/num_players); None for the mixed-config selfplay.db."""
     m = GAME_DB_RE.match(path)
     if m is None:
         raise ValueError(f"{path}: not a game DB name")
@@ -55,10 +72,40 @@ def collected_path(artifact: pd.Series) -> str:
     return f"games/collected/{artifact['origin_node']}/{stem}.{artifact.name[:16]}.db"
 
 
+def count_configs(node: Node, path: str, transports: Transports) -> Census:
+    """Census of a game DB snapshot, counted on its node (`merge.py --census`); a file
+    that is not a readable game DB raises TransferError naming why."""
+    argv = [python_for(node), "-", "--census", path]
+    done = transports.for_node(node).exec(node, argv, stdin=MERGE_SOURCE, timeout=3600)
+    try:
+        out = json.loads(done.stdout)
+        status = out["status"]
+        census = Census({str(c): int(n) for c, n in out["configs"].items()}, int(out["unparsed"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        err = done.stderr.decode(errors="replace").strip()[-500:]
+        raise TransferError(
+            f"node {node.name}: {path}: cannot count its games (exit {done.returncode}): {err}"
+        ) from None
+    if status != "ok":
+        raise TransferError(f"node {node.name}: {path}: {out.get('error', status)}")
+    return census
+
+
+def misrouted_games(hint: str | None, census: Census) -> dict[str, int]:
+    """Games of other configs than the file's name says (none for mixed selfplay.db),
+    and games that name no config at all."""
+    out = {} if hint is None else {c: n for c, n in census.configs.items() if c != hint and n}
+    if census.unparsed:
+        out["unparsed"] = census.unparsed
+    return out
+
+
 def collect_node_games(
     node: Node, fleet: Fleet, catalog: Catalog, transports: Transports
 ) -> CollectResult:
-    """Snapshot changed game DBs on `node` and replicate every snapshot it originated."""
+    """Snapshot changed game DBs on `node`, count each snapshot's games per config, and
+    replicate every snapshot it originated. A DB that cannot be snapshotted or read is
+    skipped with its reason; the others are still collected."""
     result = CollectResult(node=node.name)
     catalog.sync_nodes(fleet.nodes)
     transport = transports.for_node(node)
@@ -68,26 +115,37 @@ def collect_node_games(
         if not GAME_DB_RE.match(db.path):
             continue
         try:
-            config = db_config(db.path)
+            hint = db_config(db.path)
         except ConfigKeyError as exc:
             result.skipped.append(f"{db.path}: {exc}")
             continue
         result.databases += 1
-        if snapshot_if_changed(
-            node, db, kind=SNAPSHOT_KIND, config=config, catalog=catalog, transports=transports
-        ).taken:
-            result.snapshots_taken += 1
-        else:
+        try:
+            snapshot = snapshot_if_changed(
+                node, db, kind=SNAPSHOT_KIND, config=hint, catalog=catalog,
+                transports=transports, check=lambda path: count_configs(node, path, transports),
+            )  # fmt: skip
+        except NodeUnreachable:
+            raise
+        except TransferError as exc:
+            result.skipped.append(f"{db.path}: {exc}")
+            continue
+        if not snapshot.taken:
             result.unchanged += 1
+            continue
+        result.snapshots_taken += 1
+        census: Census = snapshot.checked
+        catalog.record_census(snapshot.sha256, census.configs, census.unparsed)
+        if misrouted := misrouted_games(hint, census):
+            result.misrouted[db.path] = misrouted
 
-    # Replicate everything this node originated that is below policy, old deficits too.
+    settled = collect_originated(
+        node, SNAPSHOT_KIND, fleet.policy.min_replicas.games, collected_path, fleet, catalog,
+        transports,
+    )  # fmt: skip
+    result.replication = settled.replication
     artifacts = catalog.artifacts_frame([SNAPSHOT_KIND])
-    mine = artifacts[artifacts["origin_node"] == node.name]
-    result.replication = replicate(mine["sha256"], fleet, catalog, transports, collected_path)
-    settled = release_staging(
-        node, mine, SNAPSHOT_KIND, fleet.policy.min_replicas.games, catalog, transports
-    )
-    names = dict(zip(mine["sha256"], mine["name"], strict=True))
+    names = dict(zip(artifacts["sha256"], artifacts["name"], strict=True))
     result.durable_copies = {
         f"{names[sha]}@{sha[:12]}": n for sha, n in settled.durable_copies.items()
     }

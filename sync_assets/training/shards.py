@@ -29,7 +29,7 @@ from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from sync_assets.games.canonical import CANONICAL_KIND
 from sync_assets.placement import durable_copies
-from sync_assets.replication import ReplicationResult, distribute, replicate
+from sync_assets.replication import ReplicationResult, confirm_holders, distribute, replicate
 from sync_assets.training.remote import rename_on_node
 
 NPZ_KIND = "npz"
@@ -82,6 +82,8 @@ def export_npz(
     with catalog.lease(f"training/npz/{config}"):
         canonical = catalog.alias(CANONICAL_KIND, config)
         result.current = catalog.alias(NPZ_ALIAS, config)
+        if result.current is not None:  # "unchanged" must not rest on copies the disk lost
+            result.moved.add(confirm_holders([result.current], fleet, catalog, transports))
         if canonical is None:
             result.skipped = "no canonical DB for this config yet"
         elif (

@@ -1,0 +1,317 @@
+"""Issue 8, items 1, 2, 5, 6 and 8: the replication engine and the canonical merge on a
+real local fleet (directories, real SQLite files, the shipped merge program).
+
+Every expectation is computed here from the node files themselves, with plain SQL or
+hashlib, never with the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resources.catalog import Catalog
+from resources.inventory import Fleet, load_inventory
+from resources.transport import Transports
+from resources.transport.base import ExecResult
+from resources.transport.local import LocalTransport
+from sync_assets.audit import audit_nodes
+from sync_assets.demo import build_demo_fleet
+from sync_assets.games.canonical import CANONICAL_KIND, canonical_path, merge_canonical
+from sync_assets.games.collect import collect_node_games
+from sync_assets.games.merge import create_game_db
+from sync_assets.replication import distribute
+
+FLEETSYNC = str(Path(sys.executable).parent / "fleetsync")
+
+
+def local_fleet(tmp_path: Path, nodes: int = 5, **policy: object) -> tuple[Fleet, Catalog]:
+    """A demo fleet of local directories (seeded game DBs), its policy overridden."""
+    fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=nodes, games_per_node=12)
+    if policy:
+        doc = yaml.safe_load(fleet_file.read_text())
+        doc["policy"].update(policy)
+        fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return load_inventory(fleet_file), Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+def root_of(fleet: Fleet, node: str) -> Path:
+    return Path(fleet.node(node).data_root)
+
+
+def write_games(path: Path, games: list[tuple[str, str, int]], moves: int = 6) -> None:
+    """A game DB (DATA.md schema) holding complete games (game_id, board_type, players)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    create_game_db(conn)
+    for game_id, board, players in games:
+        conn.execute(
+            "INSERT INTO games (game_id, board_type, num_players, game_status, total_moves)"
+            " VALUES (?, ?, ?, 'completed', ?)",
+            (game_id, board, players, moves),
+        )
+        conn.execute(
+            "INSERT INTO game_initial_state (game_id, initial_state_json) VALUES (?, '{}')",
+            (game_id,),
+        )
+        conn.executemany(
+            "INSERT INTO game_moves (game_id, move_number, player, move_type, move_json)"
+            " VALUES (?, ?, ?, 'place', ?)",
+            [
+                (game_id, i, i % players + 1, json.dumps({"at": i, "g": game_id}))
+                for i in range(moves)
+            ],
+        )
+    conn.commit()
+    conn.close()
+
+
+def complete_games(db: Path, board: str, players: int) -> set[str]:
+    """Ids of the complete games of one config in a node DB (independent plain SQL)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT g.game_id FROM games g WHERE g.board_type = ? AND g.num_players = ?"
+            " AND g.game_status IN ('completed', 'finished')"
+            " AND (SELECT count(*) FROM game_moves m WHERE m.game_id = g.game_id) >= 5"
+            " AND EXISTS (SELECT 1 FROM game_initial_state s WHERE s.game_id = g.game_id"
+            "             AND s.initial_state_json IS NOT NULL)",
+            (board, players),
+        )
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+def canonical_ids(db: Path) -> set[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT game_id FROM games")}
+    finally:
+        conn.close()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- item 1 ---------------------------------------------------------------------------------
+
+
+def test_snapshot_whose_copies_are_all_gone_is_taken_again(tmp_path: Path) -> None:
+    """An ephemeral node's unchanged DBs, whose every durable copy was lost (disk wiped,
+    audit dropped them), are snapshotted and collected again, not reported as held."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    node = fleet.node("gpu-2")
+    assert node.ephemeral
+    collect_node_games(node, fleet, catalog, transports)
+    durable = [n.name for n in fleet.durable_nodes]
+    for name in durable:
+        shutil.rmtree(root_of(fleet, name) / "games" / "collected" / "gpu-2")
+    audited = audit_nodes(fleet.durable_nodes, catalog, transports.for_node)
+    assert all(r.dropped for r in audited.values())  # type: ignore[union-attr]
+
+    again = collect_node_games(node, fleet, catalog, transports)
+
+    sources = sorted((root_of(fleet, "gpu-2") / "games").glob("*.db"))
+    assert sources and again.snapshots_taken == len(sources)
+    for source in sources:
+        want = sqlite3.connect(source).execute("SELECT * FROM games ORDER BY game_id").fetchall()
+        for name in durable:
+            copies = list((root_of(fleet, name) / "games/collected/gpu-2").glob(f"{source.stem}.*"))
+            assert len(copies) == 1, (name, source.name)
+            got = sqlite3.connect(copies[0]).execute("SELECT * FROM games ORDER BY game_id")
+            assert got.fetchall() == want
+
+
+# ---- item 8 ---------------------------------------------------------------------------------
+
+
+def test_failed_copy_in_a_fanout_wave_does_not_crash_later_waves(tmp_path: Path) -> None:
+    """One target of the first wave cannot take the file (its models/ is a plain file);
+    it never serves a later wave, every other target still gets verified bytes, and the
+    failure is reported instead of raised."""
+    fleet, catalog = local_fleet(tmp_path, nodes=8, transfers_per_node=1)
+    catalog.sync_nodes(fleet.nodes)
+    payload = os.urandom(70_000)
+    src = root_of(fleet, "coord-1") / "models" / "m.pth"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    catalog.add_artifact(sha, kind="model", config="hex8_2p", name="models/m.pth",
+                         size=len(payload), origin_node="coord-1")  # fmt: skip
+    catalog.record_replica(sha, "coord-1", "models/m.pth", len(payload))
+    targets = [n.name for n in fleet.nodes if n.name.startswith("gpu-")]
+    assert len(targets) >= 4
+    broken = targets[0]  # served in the first wave: a source of the second, were it fine
+    (root_of(fleet, broken) / "models").write_text("not a directory")
+
+    moved = distribute(sha, "models/m.pth", targets, fleet, catalog, Transports())
+
+    assert len(moved.failures) == 1 and broken in moved.failures[0]
+    for name in targets[1:]:
+        assert sha256_of(root_of(fleet, name) / "models" / "m.pth") == sha
+    assert (root_of(fleet, broken) / "models").read_text() == "not a directory"
+
+
+# ---- item 6 ---------------------------------------------------------------------------------
+
+
+def test_game_is_routed_by_its_own_config_not_its_file_name(tmp_path: Path) -> None:
+    """A tournament_hex8_2p.db holding square8_4p games (one of them spelled `sq8`):
+    those games reach canonical_square8_4p, the hex8_2p ones canonical_hex8_2p, and the
+    collection counts the mismatch."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    games = [(f"h-{i}", "hex8", 2) for i in range(4)] + [
+        ("s-0", "square8", 4), ("s-1", "square8", 4), ("s-2", "sq8", 4),
+    ]  # fmt: skip
+    mislabelled = root_of(fleet, "gpu-1") / "games" / "tournament_hex8_2p.db"
+    write_games(mislabelled, games)
+
+    collected = collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
+    for config in ("hex8_2p", "square8_4p"):
+        merge_canonical(config, fleet, catalog, transports)
+
+    primary = root_of(fleet, "coord-1")
+    square = canonical_ids(primary / canonical_path("square8_4p"))
+    assert {"s-0", "s-1", "s-2"} <= square
+    hexes = canonical_ids(primary / canonical_path("hex8_2p"))
+    assert {f"h-{i}" for i in range(4)} <= hexes and not hexes & {"s-0", "s-1", "s-2"}
+    # Everything else the node holds for those configs arrived too (plain SQL oracle).
+    for db in (root_of(fleet, "gpu-1") / "games").glob("*.db"):
+        assert complete_games(db, "hex8", 2) <= hexes
+    assert collected.misrouted["games/tournament_hex8_2p.db"] == {"square8_4p": 3}
+
+
+# ---- item 2 ---------------------------------------------------------------------------------
+
+
+def _merge_fails_after_first_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection at the transport boundary: the next merge on the node commits its
+    first snapshot for real (the real merge.py, alone) and then stops, reporting what it
+    committed, as merge.py does when canonical fails mid-way (e.g. a full disk)."""
+    real_exec = LocalTransport.exec
+
+    def failing(self, node, argv, stdin=None, timeout=600):  # type: ignore[no-untyped-def]
+        if len(argv) > 5 and argv[2].startswith("games/canonical_"):
+            done = real_exec(self, node, argv[:5], stdin=stdin, timeout=timeout)
+            stats = json.loads(done.stdout)
+            monkeypatch.setattr(LocalTransport, "exec", real_exec)
+            out = {"error": "disk I/O error (injected)", "snapshots": stats["snapshots"]}
+            return ExecResult(1, json.dumps(out).encode(), b"")
+        return real_exec(self, node, argv, stdin=stdin, timeout=timeout)
+
+    monkeypatch.setattr(LocalTransport, "exec", failing)
+
+
+def test_partial_merge_then_change_of_primary_merges_what_the_new_primary_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, catalog = local_fleet(tmp_path, nodes=4)
+    transports = Transports()
+    gpu = fleet.node("gpu-1")
+    for node in fleet.nodes:  # only our own DBs, so the snapshots are known
+        shutil.rmtree(root_of(fleet, node.name) / "games", ignore_errors=True)
+    games_dir = root_of(fleet, "gpu-1") / "games"
+    write_games(games_dir / "selfplay_hex8_2p.db", [(f"a-{i}", "hex8", 2) for i in range(5)])
+    collect_node_games(gpu, fleet, catalog, transports)
+    first = merge_canonical("hex8_2p", fleet, catalog, transports)
+    assert first.primary == "coord-1" and first.durable_copies == 2  # v0 on both
+
+    write_games(games_dir / "tournament_hex8_2p.db", [(f"b-{i}", "hex8", 2) for i in range(5)])
+    write_games(games_dir / "gauntlet_hex8_2p.db", [(f"c-{i}", "hex8", 2) for i in range(5)])
+    collect_node_games(gpu, fleet, catalog, transports)
+    _merge_fails_after_first_snapshot(monkeypatch)
+    with pytest.raises(Exception, match="injected"):
+        merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    # coord-1 (the primary that merged one snapshot) leaves the fleet for good.
+    doc = yaml.safe_load((tmp_path / "fleet" / "fleet.yaml").read_text())
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] != "coord-1"]
+    doc["policy"]["min_replicas"] = dict.fromkeys(["games", "npz", "models", "elo"], 1)
+    (tmp_path / "fleet" / "fleet.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    fleet = load_inventory(tmp_path / "fleet" / "fleet.yaml")
+    second = merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    assert second.primary == "store-1"
+    expected = set()
+    for db in games_dir.glob("*.db"):
+        expected |= complete_games(db, "hex8", 2)
+    assert len(expected) == 15
+    assert canonical_ids(root_of(fleet, "store-1") / canonical_path("hex8_2p")) == expected
+    assert catalog.alias(CANONICAL_KIND, "hex8_2p") == sha256_of(
+        root_of(fleet, "store-1") / canonical_path("hex8_2p")
+    )
+
+
+# ---- item 5 ---------------------------------------------------------------------------------
+
+
+def _demo(tmp_path: Path, home: Path, demo_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env.pop("FLEETSYNC_CATALOG_URL", None)
+    argv = [FLEETSYNC, "demo", "--dir", str(demo_dir), "--nodes", "4", "--games", "30"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _canonical_tables(demo_dir: Path) -> dict[str, dict[str, list[tuple]]]:
+    """node → config → (game_id, move count) rows of every canonical DB, sorted."""
+    out: dict[str, dict[str, list[tuple]]] = {}
+    for db in sorted(demo_dir.glob("nodes/*/games/canonical_*.db")):
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        rows = conn.execute(
+            "SELECT g.game_id, (SELECT count(*) FROM game_moves m WHERE m.game_id = g.game_id)"
+            " FROM games g ORDER BY g.game_id"
+        ).fetchall()
+        conn.close()
+        config = re.sub(r"^canonical_|\.db$", "", db.name)
+        out.setdefault(db.parts[-3], {})[config] = rows
+    return out
+
+
+@pytest.mark.slow
+def test_catalog_word_is_not_taken_over_the_disk_rm_demo_then_demo(tmp_path: Path) -> None:
+    """`rm -rf demo && make demo` with the same DAGSTER_HOME succeeds, and every durable
+    node ends with exactly the canonical DBs a fresh instance builds from the same
+    files; each holds exactly the complete games of its config found in the node DBs."""
+
+    def home(name: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", path)
+        return path
+
+    stale, fresh = home("stale-home"), home("fresh-home")
+    demo_dir = tmp_path / "demo"
+    assert _demo(tmp_path, stale, demo_dir).returncode == 0
+    shutil.rmtree(demo_dir)
+    again = _demo(tmp_path, stale, demo_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Traceback" not in again.stdout
+    assert "Data at risk (no durable copy): 0.0 MB" in again.stdout
+    rebuilt = _canonical_tables(demo_dir)
+
+    reference_dir = tmp_path / "reference"
+    assert _demo(tmp_path, fresh, reference_dir).returncode == 0
+    assert rebuilt == _canonical_tables(reference_dir)
+    assert set(rebuilt) == {"coord-1", "store-1"}
+
+    for config, rows in rebuilt["coord-1"].items():
+        board, players = config.rsplit("_", 1)
+        want: set[str] = set()
+        for db in demo_dir.glob("nodes/*/games/*.db"):
+            if not db.name.startswith("canonical_"):
+                want |= complete_games(db, board, int(players.rstrip("p")))
+        assert {game_id.split("~")[0] for game_id, _ in rows} == want, config
