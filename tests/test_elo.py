@@ -328,11 +328,12 @@ def test_rating_of_answers_by_id_and_by_model() -> None:
             "rating": [1700.0, 1600.0, 400.0],
             "uncertainty": [20.0, 30.0, 0.0],
             "games": [300, 50, 900],
+            "anchored": [1, 1, 1],
         }
     )
-    assert rating_of(frame, f"{SHA_A}:mcts:b200") == (1600.0, 30.0, 50)
-    assert rating_of(frame, SHA_A) == (1700.0, 20.0, 300)  # the best-evidenced setting
-    assert rating_of(frame, SHA_B) == (None, None, 0)
+    assert rating_of(frame, f"{SHA_A}:mcts:b200") == (1600.0, 30.0, 50, True)
+    assert rating_of(frame, SHA_A) == (1700.0, 20.0, 300, True)  # the best-evidenced setting
+    assert rating_of(frame, SHA_B) == (None, None, 0, False)
 
 
 def test_decompose_equals_the_per_match_definition() -> None:
@@ -371,7 +372,7 @@ def test_dense_and_sorted_pair_counting_fit_the_same(monkeypatch: pytest.MonkeyP
 def test_ratings_file_rewrites_only_its_config_and_only_on_change(tmp_path: Path) -> None:
     path = str(tmp_path / "fleet_ratings.db")
     row = {"participant_id": "p:a:1", "rating": 1510.5, "uncertainty": 30.0, "games": 10,
-           "wins": 6, "losses": 3, "draws": 1}  # fmt: skip
+           "wins": 6, "losses": 3, "draws": 1, "anchored": True}  # fmt: skip
     assert ratings_db.write_config(path, "hex8_2p", [row], now=100.0)["changed"]
     assert ratings_db.write_config(path, "square8_3p", [dict(row, rating=1400.0)], now=200.0)[
         "changed"

@@ -9,19 +9,24 @@ from sensors.model_promotion import nodes_to_serve
 from sensors.training_trigger import configs_due
 from sync_assets.models.promotion import Standing, decide_promotion
 
-UNRATED = Standing(None, None, 0)
+UNRATED = Standing(None, None, 0, False)
+
+
+def rated(rating: float, games: int) -> Standing:
+    """An anchored rating (a chain of games to an anchor), ±10 Elo."""
+    return Standing(rating, 10, games, True)
 
 
 @pytest.mark.parametrize(
     ("cand", "prom", "kwargs", "promote", "reason"),
     [
-        (Standing(1600, 10, 500), Standing(1500, 10, 900), {}, True, "leads by +100.0 Elo"),
-        (Standing(1510, 10, 500), Standing(1500, 10, 900), {}, False, "needs +20.0"),
-        (Standing(1900, 10, 50), Standing(1500, 10, 900), {}, False, "50 rated games, needs 200"),
-        (UNRATED, Standing(1500, 10, 900), {}, False, "0 rated games"),
+        (rated(1600, 500), rated(1500, 900), {}, True, "leads by +100.0 Elo"),
+        (rated(1510, 500), rated(1500, 900), {}, False, "needs +20.0"),
+        (rated(1900, 50), rated(1500, 900), {}, False, "50 rated games, needs 200"),
+        (UNRATED, rated(1500, 900), {}, False, "0 rated games"),
         (UNRATED, UNRATED, {"explicit": True}, True, "explicit promotion"),
-        (Standing(1530, 10, 300), Standing(1500, 10, 900), {"margin": 50}, False, "needs +50.0"),
-        (Standing(1600, 10, 300), UNRATED, {}, True, "promoted model has no rating"),
+        (rated(1530, 300), rated(1500, 900), {"margin": 50}, False, "needs +50.0"),
+        (rated(1600, 300), UNRATED, {}, True, "promoted model has no rating"),
     ],
 )
 def test_gate(cand, prom, kwargs, promote, reason):

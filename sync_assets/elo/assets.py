@@ -107,6 +107,21 @@ def _anchors_check(published: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
+def _anchored_check(published: pd.DataFrame) -> dg.AssetCheckResult:
+    """Participants with no chain of games to an anchor: their rating is the prior's
+    guess (docs/RATINGS.md), flagged anchored = 0 and kept out of promotion."""
+    unanchored = sorted(published.loc[published["anchored"] == 0, "participant_id"])
+    return dg.AssetCheckResult(
+        check_name="all_anchored",
+        passed=not unanchored,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "unanchored_participants": len(unanchored),
+            "unanchored": dg.MetadataValue.json(unanchored[:100]),
+        },
+    )
+
+
 @dg.asset(
     key=RATINGS,
     partitions_def=configs_partitions,
@@ -119,6 +134,7 @@ def _anchors_check(published: pd.DataFrame) -> dg.AssetCheckResult:
     f"config's rows of {RATINGS_DB} rewritten atomically on every durable node.",
     check_specs=[
         dg.AssetCheckSpec("anchors_pinned", asset=RATINGS, blocking=True),
+        dg.AssetCheckSpec("all_anchored", asset=RATINGS),
         dg.AssetCheckSpec("no_cross_config_matches", asset=RATINGS),
         dg.AssetCheckSpec("durable_copies", asset=RATINGS),
     ],
@@ -137,8 +153,8 @@ def elo_ratings(
     assert selection is not None
     published = result.published
     view = published[
-        ["participant_id", "rating", "uncertainty", "games", "wins", "losses", "draws"]
-    ].sort_values("rating", ascending=False)
+        ["participant_id", "rating", "uncertainty", "anchored", "games", "wins", "losses", "draws"]
+    ].sort_values(["anchored", "rating"], ascending=False)
     foreign = {
         pid: own
         for pid, own in selection.participant_configs.items()
@@ -150,6 +166,7 @@ def elo_ratings(
         metadata={
             "ratings": table(view.round({"rating": 1, "uncertainty": 1})),
             "participants": len(published),
+            "unanchored_participants": int((published["anchored"] == 0).sum()),
             "matches_used": len(selection.matches),
             "rejected_cross_config": selection.cross_config,
             "rejected": dg.MetadataValue.json(selection.rejected),
@@ -163,6 +180,7 @@ def elo_ratings(
         },
         check_results=[
             _anchors_check(published),
+            _anchored_check(published),
             dg.AssetCheckResult(
                 check_name="no_cross_config_matches",
                 passed=not foreign,

@@ -1,4 +1,4 @@
-"""Ratings recomputed from raw match results: a batch maximum-likelihood Bradley–Terry fit.
+"""Ratings recomputed from raw match results: a batch maximum-a-posteriori Bradley–Terry fit.
 
 Pure functions over pandas/numpy, no Dagster, no I/O. Ratings are never merged
 or updated incrementally (LESSONS 10): every recompute starts from the union of
@@ -6,7 +6,8 @@ match rows. Scale: logistic Elo, 400 points = 10× odds, unrated start 1500,
 anchors pinned (random 400, heuristic 1200). Multiplayer games decompose into
 pairwise results (the winner beat each other player; a game without a winner is a
 draw between every pair). A BayesElo-style prior — `prior_draws` virtual draws
-against a 1500 opponent — keeps undefeated or winless participants finite.
+against a 1500 opponent — keeps undefeated or winless participants finite. The
+model, the fit and what `uncertainty` and `anchored` mean: docs/RATINGS.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,19 @@ DEFAULT_ANCHORS = {"none:random:d1": 400.0, "none:heuristic:d2": 1200.0}
 # Pair outcomes are counted in a dense n × n array while it stays this small (n ≤ 2048,
 # 32 MB), by sorting beyond: the dense count is ~20× faster at 1 M matches.
 DENSE_PAIR_LIMIT = 1 << 22
-RATING_COLUMNS = ["participant_id", "rating", "uncertainty", "games", "wins", "losses", "draws"]
+# Relative round-off of a log-posterior summed over up to millions of pairs: a Newton
+# step whose predicted gain is below it is not line-searched (the gain is noise).
+ROUND_OFF = 1e-10
+RATING_COLUMNS = [
+    "participant_id",
+    "rating",
+    "uncertainty",
+    "anchored",
+    "games",
+    "wins",
+    "losses",
+    "draws",
+]
 
 
 @dataclass(frozen=True)
@@ -139,118 +152,249 @@ def decompose(matches: pd.DataFrame) -> Pairwise:
     )
 
 
-def fit_ratings(
-    pairs: Pairwise,
-    anchors: dict[str, float] | None = None,
-    prior_draws: float = 2.0,
-    tolerance: float = 1e-6,
-    max_iterations: int = 10_000,
-) -> pd.DataFrame:
-    """Maximum-likelihood ratings (minorise–maximise iterations, Hunter 2004), anchors fixed.
-
-    Works on aggregated pair counts, so the cost per iteration is O(pairs of
-    participants), not O(matches). Stops when no free log-strength moves by more than
-    `tolerance` in an iteration, or after `max_iterations`. Uncertainty: one standard
-    error from the Fisher information (diagonal), in Elo points; 0 for anchors, whose
-    ratings are returned exactly as pinned. games/wins/losses/draws count matches.
-    `attrs`: iterations run, and whether the tolerance was reached."""
-    anchors = DEFAULT_ANCHORS if anchors is None else anchors
+def _pair_totals(pairs: Pairwise) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, games, points of i) per unordered pair i < j that met at least once."""
     n = len(pairs.names)
-    if n == 0:
-        return pd.DataFrame(columns=RATING_COLUMNS)
-    # Aggregate: games and points per unordered pair, both directions.
     lo, hi = np.minimum(pairs.a, pairs.b), np.maximum(pairs.a, pairs.b)
     points_lo = np.where(pairs.a == lo, pairs.score, 1.0 - pairs.score)
     key = lo * n + hi
     if n * n <= DENSE_PAIR_LIMIT:  # one counter per possible pair: O(pairs), no sort
         games = np.bincount(key, minlength=n * n).astype(np.float64)
-        won_lo = np.bincount(key, weights=points_lo, minlength=n * n)
-        uniq = np.nonzero(games)[0]
-        games, won_lo = games[uniq], won_lo[uniq]
+        points = np.bincount(key, weights=points_lo, minlength=n * n)
+        met = np.nonzero(games)[0]
+        games, points = games[met], points[met]
     else:
-        uniq, inverse = np.unique(key, return_inverse=True)
+        met, inverse = np.unique(key, return_inverse=True)
         games = np.bincount(inverse).astype(np.float64)
-        won_lo = np.bincount(inverse, weights=points_lo)
-    i, j = uniq // n, uniq % n
+        points = np.bincount(inverse, weights=points_lo)
+    return met // n, met % n, games, points.astype(np.float64)  # no pairs: int bincount
 
-    # Virtual opponent (index n) at START: prior draws for every real participant.
-    prior_i = np.arange(n)
-    ii = np.concatenate([i, prior_i])
-    jj = np.concatenate([j, np.full(n, n)])
-    nij = np.concatenate([games, np.full(n, prior_draws)])
-    wins: np.ndarray = np.bincount(i, weights=won_lo, minlength=n + 1) + np.bincount(
-        j, weights=games - won_lo, minlength=n + 1
-    )
-    wins[:n] += prior_draws / 2.0
 
-    fixed = np.zeros(n + 1, dtype=bool)
-    theta = np.zeros(n + 1)  # natural-log strength, START = 0
-    pinned: dict[int, float] = {}
-    for name, pinned_at in anchors.items():
-        hit = np.nonzero(pairs.names == name)[0]
-        if hit.size:
-            fixed[hit[0]] = True
-            theta[hit[0]] = (pinned_at - START) / SCALE
-            pinned[int(hit[0])] = float(pinned_at)
-    fixed[n] = True
-    free = ~fixed
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Component label (its smallest member) of each of `n` participants in the graph
+    whose edges are the games `i`–`j`. Vectorised union–find: every split edge hooks
+    the larger root under the smaller, then pointers jump until each points at its root."""
+    root = np.arange(n)
+    while True:
+        ri, rj = root[i], root[j]
+        split = ri != rj
+        if not split.any():
+            return root
+        np.minimum.at(root, np.maximum(ri, rj)[split], np.minimum(ri, rj)[split])
+        while not np.array_equal(up := root[root], root):
+            root = up
 
-    gamma = np.exp(theta)
-    iterations, converged = 0, False
-    while iterations < max_iterations and not converged:
-        iterations += 1
-        denom_pair = nij / (gamma[ii] + gamma[jj])
-        denom = np.bincount(ii, weights=denom_pair, minlength=n + 1) + np.bincount(
-            jj, weights=denom_pair, minlength=n + 1
+
+def _win_probability(d: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * d))  # the logistic function, without overflow
+
+
+class _Posterior:
+    """The log-posterior of natural-log strengths θ (START = 0): for every pair, its
+    points w of n games scored as w·(θi − θj) − n·log(1 + e^(θi − θj)) (draws are
+    half a win), plus `prior_draws` virtual draws of each participant against a
+    fixed opponent at START. Strictly concave, so the maximum is unique. `free`:
+    the participants that move (anchors do not). Every evaluation starts from the
+    pair differences θi − θj, computed once per point (the O(pairs) part)."""
+
+    def __init__(
+        self,
+        i: np.ndarray,
+        j: np.ndarray,
+        games: np.ndarray,
+        points: np.ndarray,
+        prior_draws: float,
+        fixed: np.ndarray,
+    ) -> None:
+        self.i, self.j, self.games, self.points = i, j, games, points
+        self.prior_draws = prior_draws
+        self.free = np.nonzero(~fixed)[0]
+        self.m = m = len(self.free)
+        # Where each pair between two free participants sits in the dense Hessian.
+        at = np.full(len(fixed), -1)
+        at[self.free] = np.arange(m)
+        fi, fj = at[i], at[j]
+        self._both = (fi >= 0) & (fj >= 0)
+        fi, fj = fi[self._both], fj[self._both]
+        self._upper, self._lower = fi * m + fj, fj * m + fi
+
+    def first_guess(self, theta: np.ndarray) -> np.ndarray:
+        """`theta` with each free participant at the log-odds of its score rate (prior
+        draws included), as if its opponents sat at START: a start from which Newton
+        needs a few iterations fewer than from START itself."""
+        n = len(theta)
+        points = np.bincount(self.i, self.points, n) + np.bincount(
+            self.j, self.games - self.points, n
         )
-        new = gamma.copy()
-        new[free] = np.maximum(wins[free], 1e-12) / denom[free]
-        if not pinned:
-            # No anchor present: pin the mean of log-strengths at START instead.
-            logs = np.log(new[:n])
-            new[:n] = np.exp(logs - logs.mean())
-        delta = np.max(np.abs(np.log(new[free]) - np.log(gamma[free]))) if free.any() else 0.0
-        gamma = new
-        converged = bool(delta < tolerance)
-    theta = np.log(gamma)
-    rating: np.ndarray = START + SCALE * theta[:n]
-    for index, value in pinned.items():
-        rating[index] = value  # exactly as pinned, not through exp/log round-off
+        games = np.bincount(self.i, self.games, n) + np.bincount(self.j, self.games, n)
+        rate = (points + self.prior_draws / 2.0) / (games + self.prior_draws)
+        guess = theta.copy()
+        guess[self.free] = np.log(rate / (1.0 - rate))[self.free]
+        return guess
 
-    p = gamma[ii] / (gamma[ii] + gamma[jj])
-    info_pair = nij * p * (1 - p)
-    info = np.bincount(ii, weights=info_pair, minlength=n + 1) + np.bincount(
-        jj, weights=info_pair, minlength=n + 1
-    )
-    uncertainty = np.where(fixed[:n], 0.0, SCALE / np.sqrt(np.maximum(info[:n], 1e-12)))
+    def differences(self, theta: np.ndarray) -> np.ndarray:
+        return theta[self.i] - theta[self.j]
+
+    def value(self, theta: np.ndarray, d: np.ndarray) -> float:
+        data = self.points @ d - self.games @ np.logaddexp(0.0, d)
+        prior = self.prior_draws * (0.5 * theta.sum() - np.logaddexp(0.0, theta).sum())
+        return float(data + prior)
+
+    def derivatives(self, theta: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(gradient, minus the Hessian) over the free participants; the latter dense
+        and positive definite."""
+        n, m = len(theta), self.m
+        p, q = _win_probability(d), _win_probability(theta)
+        surplus = self.points - self.games * p
+        weight = self.games * p * (1.0 - p)
+        grad = self.prior_draws * (0.5 - q)
+        grad += np.bincount(self.i, surplus, n) - np.bincount(self.j, surplus, n)
+        diagonal = self.prior_draws * q * (1.0 - q)
+        diagonal += np.bincount(self.i, weight, n) + np.bincount(self.j, weight, n)
+        info = np.zeros((m, m))
+        off = -weight[self._both]
+        info.flat[self._upper] = off  # pairs are distinct: no position repeats
+        info.flat[self._lower] = off
+        info.flat[:: m + 1] = diagonal[self.free]
+        return grad[self.free], info
+
+
+@dataclass(frozen=True)
+class _Maximum:
+    theta: np.ndarray  # natural-log strengths, every participant
+    covariance: np.ndarray  # inverse of minus the Hessian over the free participants
+    iterations: int
+    converged: bool
+
+
+def _newton(
+    posterior: _Posterior, theta: np.ndarray, tolerance: float, max_iterations: int
+) -> _Maximum:
+    """Maximise `posterior` over the free θ from `theta`: Newton steps on the full
+    Hessian, halved until they raise the posterior (Armijo), which keeps the first
+    steps from far-off starts safe; quadratic convergence near the top."""
+    theta = theta.copy()
+    free = posterior.free
+    d = posterior.differences(theta)
+    value = posterior.value(theta, d)
+    moved = math.inf  # the largest move of the last full step
+    for iteration in range(1, max_iterations + 1):
+        grad, info = posterior.derivatives(theta, d)
+        # In the quadratic phase (moved² ~ the next step) this step is likely the last:
+        # invert rather than solve, and the inverse is the covariance at the top too.
+        covariance = np.linalg.inv(info) if moved * moved < tolerance else None
+        step = np.linalg.solve(info, grad) if covariance is None else covariance @ grad
+        moved = float(np.max(np.abs(step), initial=0.0))
+        if moved < tolerance:
+            theta[free] += step  # at the top the full step is exact to round-off
+            if covariance is None:
+                covariance = np.linalg.inv(info)
+            return _Maximum(theta, covariance, iteration, True)
+        scale, rise = 1.0, float(grad @ step)
+        for _ in range(60):
+            trial = theta.copy()
+            trial[free] += scale * step
+            trial_d = posterior.differences(trial)
+            trial_value = posterior.value(trial, trial_d)
+            # Near the top the gain drowns in the sum's round-off: Newton is safe there.
+            if trial_value >= value + 1e-4 * scale * rise or rise < ROUND_OFF * abs(value):
+                break
+            scale *= 0.5
+        theta, d, value = trial, trial_d, trial_value
+    _, info = posterior.derivatives(theta, d)
+    return _Maximum(theta, np.linalg.inv(info), max_iterations, False)
+
+
+def fit_ratings(
+    pairs: Pairwise,
+    anchors: dict[str, float] | None = None,
+    prior_draws: float = 2.0,
+    tolerance: float = 1e-6,
+    max_iterations: int = 100,
+) -> pd.DataFrame:
+    """Maximum-a-posteriori ratings (Newton's method on the full Hessian), anchors fixed.
+
+    The objective is the log-posterior of `_Posterior`: the Bradley–Terry likelihood
+    of the pairwise results plus `prior_draws` (> 0) virtual draws against START,
+    which keeps undefeated, winless and anchorless participants finite and the
+    maximum unique — no re-centring, with or without anchors. Works on aggregated
+    pair counts: O(pairs of participants) per iteration plus one dense solve over
+    the free participants (fine to a few thousand). Stops when the Newton step
+    moves no free log-strength by more than `tolerance`, or after `max_iterations`.
+
+    `uncertainty`: one standard error in Elo points, the square root of the diagonal
+    of the inverse Hessian over the free participants (anchors: exactly 0, their
+    ratings exactly as pinned). `anchored`: the participant has a chain of games to
+    an anchor; the virtual START opponent is no such chain, so in a group that never
+    met an anchor (or in a fleet with no anchor at all) every rating is anchored=False
+    — positioned by the prior, not comparable with anchored ratings. games/wins/
+    losses/draws count matches. `attrs`: iterations run, whether the tolerance was
+    reached."""
+    if not prior_draws > 0:
+        raise ValueError(f"fit_ratings: prior_draws must be > 0 (got {prior_draws})")
+    anchors = DEFAULT_ANCHORS if anchors is None else anchors
+    n = len(pairs.names)
+    if n == 0:
+        return pd.DataFrame(columns=RATING_COLUMNS)
+    i, j, games, points = _pair_totals(pairs)
+    index = {name: k for k, name in enumerate(pairs.names)}
+    pinned = {index[name]: float(at) for name, at in anchors.items() if name in index}
+    fixed = np.zeros(n, dtype=bool)
+    fixed[list(pinned)] = True
+    theta = np.zeros(n)
+    for k, at in pinned.items():
+        theta[k] = (at - START) / SCALE
+    posterior = _Posterior(i, j, games, points, prior_draws, fixed)
+    top = _newton(posterior, posterior.first_guess(theta), tolerance, max_iterations)
+
+    rating: np.ndarray = START + SCALE * top.theta
+    rating[list(pinned)] = list(pinned.values())  # exactly as pinned
+    uncertainty = np.zeros(n)
+    uncertainty[posterior.free] = SCALE * np.sqrt(np.maximum(np.diag(top.covariance), 0.0))
+    root = components(n, i, j)
+    anchored = np.isin(root, root[list(pinned)])
 
     fitted = pd.DataFrame(
         {
             "participant_id": pairs.names,
             "rating": rating,
             "uncertainty": uncertainty,
+            "anchored": anchored,
             "games": pairs.games.astype(int),
             "wins": pairs.wins.astype(int),
             "losses": (pairs.games - pairs.wins - pairs.draws).astype(int),
             "draws": pairs.draws.astype(int),
         }
-    ).sort_values(["rating", "participant_id"], ascending=[False, True], ignore_index=True)
-    fitted.attrs.update(iterations=iterations, converged=converged)
+    ).sort_values(
+        ["anchored", "rating", "participant_id"], ascending=[False, False, True], ignore_index=True
+    )
+    fitted.attrs.update(iterations=top.iterations, converged=top.converged)
     return fitted
 
 
-def rating_of(ratings: pd.DataFrame, participant: str) -> tuple[float | None, float | None, int]:
-    """(rating, uncertainty, games) of a participant, for the promotion gate.
+def rating_of(
+    ratings: pd.DataFrame, participant: str
+) -> tuple[float | None, float | None, int, bool]:
+    """(rating, uncertainty, games, anchored) of a participant, for the promotion gate.
 
     `participant` is a full participant id, or a model (its SHA-256 or name): then
-    the model's best-evidenced row counts — the participant id with that model part
-    that played the most games (ties: the smaller uncertainty) — since one model is
-    rated once per search setting. Never rated: (None, None, 0)."""
+    the model's best-evidenced row counts — an anchored row before an unanchored one
+    (only an anchored rating is on the common scale), then the most games, then the
+    smaller uncertainty — since one model is rated once per search setting. Never
+    rated: (None, None, 0, False)."""
     ids = ratings["participant_id"].astype(str)
     rows = ratings[ids == participant]
     if rows.empty:
         rows = ratings[ids.str.split(":", n=1).str[0] == participant]
     if rows.empty:
-        return None, None, 0
-    best = rows.sort_values(["games", "uncertainty"], ascending=[False, True]).iloc[0]
-    return float(best["rating"]), float(best["uncertainty"]), int(best["games"])
+        return None, None, 0, False
+    rows = rows.assign(anchored=rows["anchored"].astype(bool))
+    best = rows.sort_values(
+        ["anchored", "games", "uncertainty"], ascending=[False, False, True]
+    ).iloc[0]
+    return (
+        float(best["rating"]),
+        float(best["uncertainty"]),
+        int(best["games"]),
+        bool(best["anchored"]),
+    )

@@ -9,8 +9,12 @@ Shipped to the node that holds the file and run there, like `matches.py`:
 JSON on stdout; on error `{"error": ...}` and exit 2. Standard library only, Python ≥ 3.8.
 
 Table `ratings(participant_id, board_type, num_players, rating, uncertainty, games,
-wins, losses, draws, updated_at)`, one row per participant per config, keyed by the
-first three; `updated_at` is epoch seconds (REAL) of the last change of that row.
+wins, losses, draws, anchored, updated_at)`, one row per participant per config, keyed
+by the first three; `anchored` is 1 when the participant has a chain of games to an
+anchor, 0 when its rating comes from the prior alone (docs/RATINGS.md); `updated_at` is
+epoch seconds (REAL) of the last change of that row. A file written before `anchored`
+existed is read with anchored = 0 (not shown to be anchored) and gains the column,
+0 in every other config's rows until that config is refitted, on its next write.
 
 A write replaces only CONFIG's rows: the current file is copied with the backup API
 to a staging name beside it, CONFIG's rows are deleted and re-inserted there, the
@@ -47,11 +51,14 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS ratings (
     wins INTEGER NOT NULL,
     losses INTEGER NOT NULL,
     draws INTEGER NOT NULL,
+    anchored INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
     PRIMARY KEY (participant_id, board_type, num_players)
 )"""
-VALUE_COLUMNS = ("rating", "uncertainty", "games", "wins", "losses", "draws")
+VALUE_COLUMNS = ("rating", "uncertainty", "games", "wins", "losses", "draws", "anchored")
+ADD_ANCHORED = "ALTER TABLE ratings ADD COLUMN anchored INTEGER NOT NULL DEFAULT 0"
 COLUMNS = ("participant_id", "board_type", "num_players", *VALUE_COLUMNS, "updated_at")
+INSERT = f"INSERT INTO ratings ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _CONFIG_RE = re.compile(r"^([a-z0-9]+)_([234])p$")
 STAGING_PREFIX = ".fleetsync-tmp-"  # resources/transport/paths.py: never listed, swept
 
@@ -80,6 +87,20 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _table_columns(conn: sqlite3.Connection) -> set:
+    return {r[1] for r in conn.execute("PRAGMA table_info(ratings)")}
+
+
+def _ensure_schema(conn: sqlite3.Connection) -> bool:
+    """Create the table, or add the columns a file of an older version lacks; True
+    when the file was upgraded (it must then be rewritten even if no value changed)."""
+    conn.execute(SCHEMA)
+    if "anchored" in _table_columns(conn):
+        return False
+    conn.execute(ADD_ANCHORED)
+    return True
+
+
 def _config_rows(conn: sqlite3.Connection, board: str, players: int) -> dict[str, tuple]:
     """{participant_id: (values..., updated_at)} of one config."""
     rows = conn.execute(
@@ -97,10 +118,14 @@ def _same_values(old: dict[str, tuple], new: list[dict[str, Any]]) -> bool:
 
 
 def _values(row: dict[str, Any]) -> tuple:
+    anchored = row["anchored"]
+    if anchored not in (True, False):  # also 0 / 1; never a truthy string
+        raise ValueError(f"{row['participant_id']}: anchored must be 0/1, got {anchored!r}")
     return (
         float(row["rating"]),
         float(row["uncertainty"]),
         *(int(row[c]) for c in ("games", "wins", "losses", "draws")),
+        int(anchored),
     )
 
 
@@ -127,16 +152,16 @@ def write_config(path: str, config: str, rows: list[dict[str, Any]], now: float)
                 finally:
                     src.close()
             dst.execute("PRAGMA journal_mode=DELETE")
-            dst.execute(SCHEMA)
+            upgraded = _ensure_schema(dst)
             old = _config_rows(dst, board, players)
-            if _same_values(old, rows):
+            if not upgraded and _same_values(old, rows):
                 return {"changed": False, "rows": len(rows)}
             dst.execute("BEGIN IMMEDIATE")
             dst.execute(
                 "DELETE FROM ratings WHERE board_type = ? AND num_players = ?", (board, players)
             )
             dst.executemany(
-                f"INSERT INTO ratings ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 10)})",
+                INSERT,
                 [(r["participant_id"], board, players, *_stamped(r, old, now)) for r in rows],
             )
             dst.execute("COMMIT")
@@ -165,7 +190,10 @@ def read_rows(path: str, config: str | None = None) -> list[dict[str, Any]]:
     try:
         conn = sqlite3.connect(_ro_uri(path), uri=True)
         try:
-            query = f"SELECT {', '.join(COLUMNS)} FROM ratings"
+            # A file of an older version: its rows were never shown to be anchored.
+            older = "anchored" not in _table_columns(conn)
+            wanted = ("0" if older and c == "anchored" else c for c in COLUMNS)
+            query = f"SELECT {', '.join(wanted)} FROM ratings"
             args: tuple = ()
             if config is not None:
                 query += " WHERE board_type = ? AND num_players = ?"

@@ -23,10 +23,11 @@ def standings_for(
     catalog: Catalog,
     transports: Transports,
 ) -> tuple[Standing, Standing]:
-    """(candidate, promoted) standings in `config`; a model never rated (or no promoted
-    model) stands at (None, None, 0)."""
+    """(candidate, promoted) standings in `config`, with whether each rating is
+    anchored; a model never rated (or no promoted model) stands at (None, None, 0,
+    False)."""
     published = read_ratings(config, fleet, catalog, transports)
-    unrated = Standing(None, None, 0)
+    unrated = Standing(None, None, 0, False)
     mine = Standing(*rating_of(published, candidate_sha))
     theirs = Standing(*rating_of(published, promoted_sha)) if promoted_sha else unrated
     return mine, theirs

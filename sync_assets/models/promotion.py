@@ -2,7 +2,10 @@
 
 A candidate is promoted when a training repo reports an explicit decision, or
 when its rating beats the promoted model's by `margin` Elo over at least
-`min_games` games. Promotion is an alias flip in the catalog (which sha256 is
+`min_games` games. Only an anchored rating (a chain of games to an anchor,
+docs/RATINGS.md) counts: an unanchored one sits where the prior put it, on no
+common scale, so it neither promotes a candidate nor defends the promoted model
+against one. Promotion is an alias flip in the catalog (which sha256 is
 promoted), never an overwrite of a file a half-finished copy could catch.
 """
 
@@ -16,11 +19,13 @@ DEFAULT_MIN_GAMES = 200
 
 @dataclass(frozen=True)
 class Standing:
-    """A model's rating in its config (None: never rated)."""
+    """A model's rating in its config (None: never rated); `anchored`: the rating has a
+    chain of games to an anchor, so it is on the common scale."""
 
     rating: float | None
     uncertainty: float | None
     games: int
+    anchored: bool
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,16 @@ def decide_promotion(
         return Decision(True, "no model promoted yet for this config")
     if candidate.rating is None or candidate.games < min_games:
         return Decision(False, f"candidate has {candidate.games} rated games, needs {min_games}")
+    if not candidate.anchored:
+        return Decision(
+            False,
+            "candidate's rating is unanchored (no chain of games to an anchor): the prior's "
+            "guess on no common scale, not promoted on it",
+        )
     if promoted.rating is None:
         return Decision(True, "the promoted model has no rating; the candidate has one")
+    if not promoted.anchored:
+        return Decision(True, "the promoted model's rating is unanchored; the candidate's is")
     lead = candidate.rating - promoted.rating
     if lead < margin:
         return Decision(False, f"candidate leads by {lead:+.1f} Elo, needs {margin:+.1f}")
