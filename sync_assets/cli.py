@@ -38,6 +38,8 @@ def _print_status(fleet_name: str, status: FleetStatus) -> None:
         f"\nData at risk (no durable copy): {status.bytes_without_durable_copy / 1e6:.1f} MB"
         f"\nBelow policy (fewer durable copies than asked): "
         f"{status.bytes_below_policy / 1e6:.1f} MB"
+        f"\nAt risk (policy met only with copies on unreachable nodes): "
+        f"{status.bytes_relying_on_unreachable / 1e6:.1f} MB"
     )
 
 

@@ -97,18 +97,21 @@ def plan_replication(
             blocked_rows.append(_blocked(art, reason))
             continue
         candidates = [n for n in durable_targets if n not in have_nodes]
-        fitting = [n for n in candidates if free[n] is None or free[n] >= art.size]
+        # Unknown free space is not room: a node never probed takes nothing until it is.
+        fitting = [n for n in candidates if free[n] is not None and free[n] >= art.size]
         if len(fitting) < missing:
-            full = sorted(set(candidates) - set(fitting))
+            unprobed = sorted(n for n in candidates if free[n] is None)
+            full = sorted(set(candidates) - set(fitting) - set(unprobed))
             why = f"needs {missing} more durable copies, {len(fitting)} durable node(s) have room"
             if full:
                 why += (
                     f"; over disk floor (max use {floor.max_target_use:.0%}, "
                     f"min free {floor.min_free_gb:g} GB): {', '.join(full)}"
                 )
+            if unprobed:
+                why += f"; disk never probed: {', '.join(unprobed)}"
             blocked_rows.append(_blocked(art, why))
-        # Most free space first; unknown disk (never probed) last.
-        fitting.sort(key=lambda n: (free[n] is None, -(free[n] or 0), n))
+        fitting.sort(key=lambda n: (-(free[n] or 0), n))  # most free space first
         for target in fitting[:missing]:
             # Fan out: the source with the fewest transfers planned so far; durable first.
             source = min(

@@ -23,6 +23,7 @@ from resources.transport.base import (
     TransferError,
 )
 from sync_assets.audit import AUDITED_STATES, AuditedReplica, confirm_replicas
+from sync_assets.fleet.probe import probe_and_record
 from sync_assets.placement import DiskFloor, Plan, fanout_wave, plan_replication
 
 
@@ -224,6 +225,18 @@ def replicate(
     return result
 
 
+def _probe_unknown_targets(fleet: Fleet, catalog: Catalog, transports: Transports) -> pd.DataFrame:
+    """The nodes frame, after probing the durable nodes whose free space was never seen:
+    unknown space is not room, so the planner would give them nothing."""
+    nodes = catalog.nodes_frame()
+    durable = {n.name for n in fleet.durable_nodes}
+    unknown = nodes[nodes["name"].isin(durable) & nodes["disk_free_bytes"].isna()]
+    down = unavailable_nodes(nodes, catalog.open_breakers())
+    for name in sorted(set(unknown["name"]) - down):
+        probe_and_record(fleet.node(name), catalog, transports)
+    return catalog.nodes_frame() if not unknown.empty else nodes
+
+
 def _replicate_once(
     wanted: set[str],
     min_replicas: dict[str, int],
@@ -239,7 +252,7 @@ def _replicate_once(
     if artifacts.empty:
         return set()
     replicas = catalog.replicas_frame()
-    nodes = catalog.nodes_frame()
+    nodes = _probe_unknown_targets(fleet, catalog, transports)
     policy = fleet.policy
     plan: Plan = plan_replication(
         artifacts,

@@ -20,6 +20,9 @@ class FleetStatus:
     nodes: pd.DataFrame  # name, roles, state, reachable, disk_free_gb, copies held
     bytes_without_durable_copy: int  # data at risk: lost if its node vanishes
     bytes_below_policy: int  # fewer durable copies than policy asks for
+    # Meets policy only by counting copies on durable nodes that did not answer their
+    # last probe: those copies count until the node is declared lost, but are at risk.
+    bytes_relying_on_unreachable: int
     bytes_moved: int  # all verified transfers ever recorded
 
 
@@ -35,8 +38,13 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
     )
     artifacts = artifacts[~superseded]
     copies = durable_copies(replicas, nodes).reindex(artifacts["sha256"], fill_value=0)
-    artifacts = artifacts.assign(durable_copies=copies.to_numpy())
+    answering = durable_copies(replicas, nodes[nodes["reachable"].ne(False)])
+    artifacts = artifacts.assign(
+        durable_copies=copies.to_numpy(),
+        answering_copies=answering.reindex(artifacts["sha256"], fill_value=0).to_numpy(),
+    )
     wanted = artifacts["kind"].map(min_replicas).fillna(1)
+    meets = artifacts["durable_copies"] >= wanted
 
     by_kind = (
         artifacts.groupby("kind")
@@ -66,7 +74,10 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
         bytes_without_durable_copy=int(
             artifacts.loc[artifacts["durable_copies"] == 0, "size"].sum()
         ),
-        bytes_below_policy=int(artifacts.loc[artifacts["durable_copies"] < wanted, "size"].sum()),
+        bytes_below_policy=int(artifacts.loc[~meets, "size"].sum()),
+        bytes_relying_on_unreachable=int(
+            artifacts.loc[meets & (artifacts["answering_copies"] < wanted), "size"].sum()
+        ),
         bytes_moved=moved,
     )
 

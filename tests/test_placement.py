@@ -235,3 +235,79 @@ def test_failed_copy_in_a_fanout_wave_never_serves_a_later_wave(
     reachable = [t for t in targets if t not in unavailable]
     if set(holders) - unavailable:
         assert sorted(served) == sorted(reachable)
+
+
+def test_a_node_never_probed_has_no_room_and_says_so():
+    nodes = [
+        node("store-1", durable=True, **BIG_DISK),
+        node("store-2", durable=True),  # never probed: free space unknown
+        node("gpu-1", ephemeral=True),
+    ]
+    p = plan([("a", "games", GIB)], [("a", "gpu-1", "verified")], nodes=nodes)
+    assert list(p.transfers["target"]) == ["store-1"]
+    [reason] = p.blocked["reason"]
+    assert "disk never probed: store-2" in reason
+
+
+_NAMES = [f"n{i}" for i in range(6)]
+
+
+@st.composite
+def fleet_states(draw):
+    """Random nodes (some never probed, some full, some retired), artifacts, replicas."""
+    nodes = []
+    for name in _NAMES:
+        total = draw(st.one_of(st.none(), st.integers(1, 400).map(lambda g: g * GIB)))
+        free = None if total is None else draw(st.integers(0, total // GIB)) * GIB
+        nodes.append(
+            node(
+                name,
+                durable=draw(st.booleans()),
+                ephemeral=draw(st.booleans()),
+                total=total,
+                free=free,
+                state=draw(st.sampled_from(["active", "active", "retired"])),
+            )
+        )
+    arts = [
+        (f"a{i}", draw(st.sampled_from(["games", "npz"])), draw(st.integers(1, 60)) * GIB)
+        for i in range(draw(st.integers(0, 8)))
+    ]
+    reps = [
+        (sha, draw(st.sampled_from(_NAMES)), draw(st.sampled_from(["verified", "staging"])))
+        for sha, _, _ in arts
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    mins = {"games": draw(st.integers(0, 3)), "npz": draw(st.integers(0, 3))}
+    unavailable = draw(st.frozensets(st.sampled_from(_NAMES), max_size=2))
+    return arts, reps, nodes, mins, unavailable
+
+
+@settings(max_examples=400, deadline=None)
+@given(fleet_states())
+def test_plan_never_passes_a_disk_floor_nor_uses_unknown_space(state):
+    """Invariants, checked with arithmetic written here: every target is an active,
+    available durable node whose disk was probed; the bytes planned onto it fit under
+    both the use ratio and the absolute floor; no artifact gets more copies than it
+    lacks; every source holds a usable copy."""
+    arts, reps, nodes, mins, unavailable = state
+    p = plan(arts, reps, nodes=nodes, mins=mins, unavailable=unavailable)
+    by_name = {n["name"]: n for n in nodes}
+    planned: dict[str, int] = {}
+    for row in p.transfers.itertuples(index=False):
+        target = by_name[row.target]
+        assert target["durable"] and target["state"] == "active"
+        assert row.target not in unavailable and target["disk_free_bytes"] is not None
+        planned[row.target] = planned.get(row.target, 0) + row.size
+        assert row.source not in unavailable and by_name[row.source]["state"] == "active"
+        assert (row.sha256, row.source, "verified") in reps or (
+            row.sha256, row.source, "staging") in reps  # fmt: skip
+    for name, used in planned.items():
+        total, free = by_name[name]["disk_total_bytes"], by_name[name]["disk_free_bytes"]
+        assert used <= free - (1 - FLOOR.max_target_use) * total
+        assert used <= free - FLOOR.min_free_gb * GIB
+    durable_active = {n["name"] for n in nodes if n["durable"] and n["state"] == "active"}
+    for sha, kind, _ in arts:
+        have = {r[1] for r in reps if r[0] == sha and r[2] == "verified"} & durable_active
+        copies = (p.transfers["sha256"] == sha).sum()
+        assert copies <= max(0, mins[kind] - len(have))

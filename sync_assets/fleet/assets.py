@@ -5,6 +5,7 @@ import dagster as dg
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets.fleet.probe import probe_and_record
 from sync_assets.partitions import nodes_partitions
 from sync_assets.retries import NETWORK_RETRY
 
@@ -29,16 +30,7 @@ def node_status(
     fleet = inventory.load()
     node = fleet.node(context.partition_key)
     catalog.sync_nodes(fleet.nodes)
-    probe = transports.for_node(node).probe(node)
-    catalog.record_node_result(node.name, None if probe.reachable else probe.error or "unreachable")
-    catalog.record_probe(
-        node.name,
-        reachable=probe.reachable,
-        disk_total_bytes=probe.disk_total_bytes,
-        disk_free_bytes=probe.disk_free_bytes,
-        gpu_util_percent=probe.gpu_util_percent,
-        error=probe.error,
-    )
+    probe = probe_and_record(node, catalog, transports)
     metadata: dict[str, dg.RawMetadataValue] = {
         "reachable": probe.reachable,
         "gpu_util_percent": (
