@@ -110,17 +110,31 @@ def models_promoted(
             ],
         )
 
+    def unchanged(
+        decision: Decision, *, rejected: bool = False, **extra: "dg.RawMetadataValue"
+    ) -> dg.MaterializeResult:
+        """No promotion: the promoted model stays on the durable nodes, and is copied
+        again where a node lost it (the catalog's word is checked on disk)."""
+        if promoted_sha is None:
+            return result(decision, rejected=rejected, **extra)
+        kept = place_promoted(config, promoted_sha, fleet.durable_nodes, fleet, catalog, transports)
+        raise_on_failures(kept.moved, f"config {config}: keeping the promoted model")
+        return result(
+            decision, rejected=rejected, holders=kept.holders, **extra,
+            **transfer_metadata(kept.moved),
+        )  # fmt: skip
+
     candidate = _latest_candidate(context.instance, config, fleet, context.log)
     if candidate is None:
-        return result(Decision(False, "no candidate reported for this config"))
+        return unchanged(Decision(False, "no candidate reported for this config"))
     if isinstance(candidate, Rejected):
         reason = f"candidate report rejected: {candidate.reason}"
-        return result(Decision(False, reason), rejected=True)
+        return unchanged(Decision(False, reason), rejected=True)
     node = fleet.node(candidate.node)
     try:
         register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
     except CandidateRejected as exc:
-        return result(Decision(False, str(exc)), rejected=True)
+        return unchanged(Decision(False, str(exc)), rejected=True)
     mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
     decision = decide_promotion(
         candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
@@ -131,7 +145,7 @@ def models_promoted(
         "candidate_games": mine.games,
     }
     if not decision.promote:
-        return result(decision, **extra)
+        return unchanged(decision, **extra)
     placement = place_promoted(
         config, candidate.sha256, fleet.durable_nodes, fleet, catalog, transports
     )
@@ -140,7 +154,7 @@ def models_promoted(
     if not placement.holders and placement.changed_sources:
         changed = "; ".join(placement.changed_sources)
         reason = f"the candidate changed on its node since it was checked: {changed}"
-        return result(Decision(False, reason), rejected=True, **extra)
+        return unchanged(Decision(False, reason), rejected=True, **extra)
     raise_on_failures(placement.moved, f"config {config}: placing the promoted model")
     if not placement.holders:
         raise dg.Failure(f"config {config}: the promoted model reached no durable node")
