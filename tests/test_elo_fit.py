@@ -16,10 +16,12 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets.elo import ratings as ratings_module
 from sync_assets.elo import ratings_db
 from sync_assets.elo.assets import elo_matches, elo_ratings
 from sync_assets.elo.collect import ELO_DB
@@ -200,10 +203,15 @@ def test_uncertainty_is_not_understated_two_players_1000_games_is_175(tmp_path: 
         assert rows[p]["anchored"] == 0
 
 
-def test_uncertainty_is_the_inverse_hessian_of_the_log_posterior(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [256, 3])
+def test_uncertainty_is_the_inverse_hessian_of_the_log_posterior(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
     """A small anchored fleet of 2–4-player games with draws: every published
     uncertainty is the square root of the inverse (numeric) Hessian's diagonal, and
-    every rating is the independent Newton's maximum."""
+    every rating is the independent Newton's maximum. `block` small: the dense
+    linear algebra recurses by halves as it does for thousands of participants."""
+    monkeypatch.setattr(ratings_module, "DENSE_BLOCK", block)
     rng = np.random.default_rng(11)
     names = [RANDOM, HEURISTIC, *[f"m{i}:mcts:b800" for i in range(6)]]
     true = dict(zip(names, [400, 1200, 900, 1300, 1500, 1650, 1800, 2000], strict=True))
@@ -431,11 +439,14 @@ def match_sets(draw: st.DrawFn) -> list[Match]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(match_sets(), st.sampled_from([ANCHORS, {RANDOM: 400.0}, {}]))
+@given(match_sets(), st.sampled_from([ANCHORS, {RANDOM: 400.0}, {}]), st.sampled_from([1, 2, 256]))
 def test_fit_is_the_posterior_maximum_with_anchors_pinned_and_groups_flagged(
-    matches: list[Match], anchors: dict[str, float]
+    matches: list[Match], anchors: dict[str, float], block: int
 ) -> None:
-    fitted = fit(matches, anchors).set_index("participant_id")
+    """`block`: the size below which dense linear algebra stops recursing by halves
+    (small here, so that the recursion itself is checked)."""
+    with mock.patch.object(ratings_module, "DENSE_BLOCK", block):
+        fitted = fit(matches, anchors).set_index("participant_id")
     seated = sorted({p for seats, _ in matches for p in seats})
     assert sorted(fitted.index) == seated
     assert fitted.attrs["converged"]
