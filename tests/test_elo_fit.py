@@ -430,7 +430,7 @@ POOL = [RANDOM, HEURISTIC, "p0", "p1", "p2", "p3", "p4"]
 
 @st.composite
 def match_sets(draw: st.DrawFn) -> list[Match]:
-    matches = []
+    matches: list[Match] = []
     for _ in range(draw(st.integers(1, 25))):
         seats = draw(st.lists(st.sampled_from(POOL), min_size=1, max_size=4))
         winner = draw(st.one_of(st.none(), st.sampled_from(seats), st.just("ghost")))

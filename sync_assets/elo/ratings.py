@@ -172,7 +172,7 @@ def _pair_totals(pairs: Pairwise) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return met // n, met % n, games, points.astype(np.float64)  # no pairs: int bincount
 
 
-def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Component label (its smallest member) of each of `n` participants in the graph
     whose edges are the games `i`–`j`. Vectorised union–find: every split edge hooks
     the larger root under the smaller, then pointers jump until each points at its root."""
@@ -396,7 +396,7 @@ def fit_ratings(
     rating[list(pinned)] = list(pinned.values())  # exactly as pinned
     uncertainty = np.zeros(n)
     uncertainty[posterior.free] = SCALE * np.sqrt(top.variance)
-    root = components(n, i, j)
+    root = _components(n, i, j)
     anchored = np.isin(root, root[list(pinned)])
 
     fitted = pd.DataFrame(
