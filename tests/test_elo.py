@@ -75,7 +75,7 @@ def _sha(path: Path) -> str:
 def table_rows(fleet_db: Path) -> list[tuple]:
     con = sqlite3.connect(fleet_db)
     try:
-        return con.execute("SELECT * FROM matches ORDER BY match_id").fetchall()
+        return con.execute("SELECT * FROM matches ORDER BY match_key, fingerprint").fetchall()
     finally:
         con.close()
 
@@ -224,11 +224,11 @@ def test_every_column_variant_reads_to_one_shape(tmp_path: Path) -> None:
             "q:a:1",
         )
         assert match.timestamp == pytest.approx(t)
-    assert s.source_id == p1.source_id == "x1" and s.fingerprint == p1.fingerprint
+    assert s.match_key == p1.match_key == "x1" and s.fingerprint == p1.fingerprint
     assert (p2.config, p2.winner, p2.tournament_id) == ("square8_2p", "p:a:1", None)
     assert (m2.config, m2.winner) == ("hexagonal_2p", "q:a:1")
-    # Integer ids are node-local: the id becomes a hash of the row.
-    assert m1.source_id.startswith("row:") and m1.source_id != m2.source_id
+    # Integer ids are node-local: the identity becomes a hash of the row.
+    assert m1.match_key.startswith("row:") and m1.match_key != m2.match_key
 
 
 def test_draws_need_a_finished_game_and_are_counted(tmp_path: Path) -> None:
