@@ -9,9 +9,14 @@ settings stay part of the id — the same net at 800 and at 200 playouts is two 
 Where a hash comes from, most trustworthy first: the match row itself (its
 `model_refs`, taken from the node's Elo DB when it recorded hashes), then the
 {model name or path → sha256} map the caller builds (the catalog's model artifacts).
-A name that has meant different weights over time (`ringrift_best_{config}` after a
-promotion, a reused `candidate_{config}.pth`) must not be in that map: it would pin
-old results on new weights, so such names stay names.
+A name that has meant different weights over time would pin old results on new
+weights. The caller's map keeps only names that meant one sha so far, but that is
+not enough for the file names DATA.md reuses by design (`candidate_{config}.pth`
+for every training output, `canonical_{config}.pth` and its `ringrift_best_{config}`
+link for every promotion): the next version is played before it is registered. So
+those are never resolved by name (`is_reused_name`): their matches are credited to
+a sha only when one was recorded with the match; otherwise the name stays a name.
+A versioned name (`models/hex8_2p_v17.pth`) still resolves if it always meant one sha.
 
 A match is rated for one config only if every participant belongs to it: a model
 from another config (a `*_4p` model in a 2-player match) or a player count that
@@ -30,6 +35,8 @@ import pandas as pd
 from sync_assets.configs import ConfigKeyError, normalize_config, split_config
 
 NO_MODEL = "none"  # baselines (random, heuristic) carry no weights
+# DATA.md's file names that hold one version after another (matches.py has the same rule).
+REUSED_NAME_PREFIXES = ("candidate_", "canonical_", "ringrift_best_")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONFIG_IN_NAME = re.compile(
     r"(?<![a-z0-9])(hex8|square8|sq8|square19|sq19|hexagonal|hex)_([234])p?(?![a-z0-9])"
@@ -45,6 +52,12 @@ def name_forms(model: str) -> list[str]:
     return list(dict.fromkeys([model, base, stem]))
 
 
+def is_reused_name(name: str) -> bool:
+    """A model name or path whose file holds different weights over time (`candidate_*`,
+    `canonical_*`, `ringrift_best_*`): it never identifies weights."""
+    return posixpath.basename(name).lower().startswith(REUSED_NAME_PREFIXES)
+
+
 def expand_names(model_shas: Mapping[str, str]) -> dict[str, str]:
     """Every form of every name in a {model name or path → sha256} map (see `name_forms`);
     a form that two different hashes claim is dropped, not guessed."""
@@ -58,14 +71,14 @@ def expand_names(model_shas: Mapping[str, str]) -> dict[str, str]:
 def model_sha(pid: str, names: Mapping[str, str], ref: str | None = None) -> str | None:
     """The SHA-256 of a participant's weights, if known: `ref` (a hash, or a model path
     to look up), else its model part looked up in `names` (an `expand_names` map);
-    None for baselines."""
+    None for baselines and for reused names without a recorded hash."""
     model = pid.split(":", 1)[0]
     if model == NO_MODEL:
         return None
     if ref is not None and _HEX64.match(ref):
         return ref
     for name in [*(name_forms(ref) if ref else []), *name_forms(model)]:
-        if name in names:
+        if name in names and not is_reused_name(name):
             return names[name]
     return None
 
