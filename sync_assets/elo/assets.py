@@ -1,5 +1,14 @@
 """`elo/matches` [node], `elo/ratings` [config], `elo/on_node` [node]: thin wrappers over
-collect / publish, reporting what an operator reads in the UI."""
+collect / publish, reporting what an operator reads in the UI.
+
+Snapshots the union could not take in (staging errors) fail `elo/ratings` (nothing is
+published) but only the `union_complete` check of `elo/matches`: the node's own
+collection succeeded, and another node's copy problem must not fail every node's step.
+Conflicting matches and quarantined snapshots fail checks of both, on every pass
+while they exist.
+"""
+
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -7,7 +16,13 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from sync_assets.elo.collect import ELO_DB, EloDbUnreadable, collect_node_matches
+from sync_assets.elo.collect import (
+    ELO_DB,
+    EloDbUnreadable,
+    UnionIncomplete,
+    UnionResult,
+    collect_node_matches,
+)
 from sync_assets.elo.identity import CROSS_CONFIG_REASONS
 from sync_assets.elo.publish import (
     RATINGS_DB,
@@ -34,8 +49,14 @@ ON_NODE = dg.AssetKey(["elo", "on_node"])
     pool="transfers",
     description=f"Raw match rows of the node's {ELO_DB}: snapshotted consistently, checked "
     "on the node, collected to ≥ policy.min_replicas.elo durable nodes and unioned by "
-    "match id into elo/fleet_matches.db on the primary durable node.",
-    check_specs=[dg.AssetCheckSpec("durable_copies", asset=MATCHES)],
+    "match identity (game_id, else a text id) into elo/fleet_matches.db on the primary "
+    "durable node; conflicting versions of one match are set aside, not rated.",
+    check_specs=[
+        dg.AssetCheckSpec("durable_copies", asset=MATCHES),
+        dg.AssetCheckSpec("union_complete", asset=MATCHES),
+        dg.AssetCheckSpec("no_conflicting_matches", asset=MATCHES),
+        dg.AssetCheckSpec("no_unreadable_snapshots", asset=MATCHES),
+    ],
 )
 def elo_matches(
     context: dg.AssetExecutionContext,
@@ -50,10 +71,11 @@ def elo_matches(
     except EloDbUnreadable as exc:
         # A corrupt or foreign file stays so on retry: fail once, clearly.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    raise_on_failures(collected.replication, f"node {node.name}: collecting Elo matches")
+    union = collected.union
     moved = collected.replication
-    moved.add(collected.union.moved)
-    raise_on_failures(moved, f"node {node.name}: collecting Elo matches")
-    totals = collected.union.totals
+    moved.add(union.moved)
+    totals = union.totals
     wanted = fleet.policy.min_replicas.elo
     return dg.MaterializeResult(
         metadata={
@@ -68,8 +90,12 @@ def elo_matches(
             "matches_added": totals.get("added", 0),
             "duplicates": totals.get("duplicates", 0),
             "collisions_kept": totals.get("collisions_kept", 0),
+            "merged_by_game_id": totals.get("merged_by_game_id", 0),
+            "conflicting_rows": totals.get("conflicting_rows", 0),
             "rejected": dg.MetadataValue.json(totals.get("rejected", {})),
-            "fleet_matches": collected.union.rows,
+            "fleet_matches": union.rows,
+            "staging_errors": dg.MetadataValue.json(union.staging_errors),
+            **_union_metadata(union),
             **transfer_metadata(moved),
         },
         check_results=[
@@ -81,8 +107,43 @@ def elo_matches(
                     "required": wanted,
                     "copies": dg.MetadataValue.json(collected.durable_copies),
                 },
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="union_complete",
+                passed=union.complete,
+                metadata={"staging_errors": dg.MetadataValue.json(union.staging_errors)},
+            ),
+            _conflicts_check(union.conflicts, "every config"),
+            _unreadable_check(union),
         ],
+    )
+
+
+def _union_metadata(union: UnionResult) -> dict[str, Any]:
+    """What the union DB holds, whichever pass put it there."""
+    return {
+        "conflicting_matches_in_union": union.conflicts,
+        "matches_merged_by_game_id": union.merged_by_game_id,
+        "unreadable_snapshots": dg.MetadataValue.json(union.unreadable),
+    }
+
+
+def _conflicts_check(conflicts: int, scope: str) -> dg.AssetCheckResult:
+    """Matches recorded with different results: none of their versions is rated."""
+    return dg.AssetCheckResult(
+        check_name="no_conflicting_matches",
+        passed=conflicts == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"conflicting_matches": conflicts, "configs": scope},
+    )
+
+
+def _unreadable_check(union: UnionResult) -> dg.AssetCheckResult:
+    """Collected snapshots quarantined as unreadable: their matches are not rated."""
+    return dg.AssetCheckResult(
+        check_name="no_unreadable_snapshots",
+        passed=not union.unreadable,
+        metadata={"quarantined": dg.MetadataValue.json(union.unreadable)},
     )
 
 
@@ -131,12 +192,15 @@ def _anchored_check(published: pd.DataFrame) -> dg.AssetCheckResult:
     retry_policy=NETWORK_RETRY,
     description=f"Ratings of the config recomputed from all its raw matches (never merged), "
     f"participants identified by model SHA-256, cross-config matches rejected; the "
-    f"config's rows of {RATINGS_DB} rewritten atomically on every durable node.",
+    f"config's rows of {RATINGS_DB} rewritten atomically on every durable node; never "
+    f"published unless the union took in every collected snapshot.",
     check_specs=[
         dg.AssetCheckSpec("anchors_pinned", asset=RATINGS, blocking=True),
         dg.AssetCheckSpec("all_anchored", asset=RATINGS),
         dg.AssetCheckSpec("no_cross_config_matches", asset=RATINGS),
         dg.AssetCheckSpec("durable_copies", asset=RATINGS),
+        dg.AssetCheckSpec("no_conflicting_matches", asset=RATINGS),
+        dg.AssetCheckSpec("no_unreadable_snapshots", asset=RATINGS),
     ],
 )
 def elo_ratings(
@@ -147,7 +211,16 @@ def elo_ratings(
 ) -> dg.MaterializeResult:
     fleet = inventory.load()
     config = context.partition_key
-    result = recompute_ratings(config, fleet, catalog, transports)
+    try:
+        result = recompute_ratings(config, fleet, catalog, transports)
+    except UnionIncomplete as exc:
+        # Not retried seconds later: the gap closes when a holder is back or (a damaged
+        # copy, its record dropped) on the next run, which copies it again.
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"staging_errors": dg.MetadataValue.json(exc.errors)},
+            allow_retries=False,
+        ) from exc
     raise_on_failures(result.moved, f"config {config}: publishing {RATINGS_DB}")
     selection = result.selection
     assert selection is not None
@@ -176,6 +249,8 @@ def elo_ratings(
             "ratings_sha256": result.sha256 or "none",
             "primary_node": result.union.primary or "none",
             "durable_copies": dg.MetadataValue.json(result.verified),
+            "conflicting_matches": result.conflicts,
+            **_union_metadata(result.union),
             **transfer_metadata(result.moved),
         },
         check_results=[
@@ -198,6 +273,8 @@ def elo_ratings(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"required": wanted, "read_only": dg.MetadataValue.json(read_only)},
             ),
+            _conflicts_check(result.conflicts, config),
+            _unreadable_check(result.union),
         ],
     )
 

@@ -9,6 +9,12 @@ configs' rows carried over), the result is registered by SHA-256 (kind
 `elo_ratings`, alias `elo_ratings/fleet`) and the same bytes are placed on every
 durable node, each copy verified there and made read-only. One writer at a time: a
 catalog lease, since every config writes the same file.
+
+Nothing is written unless the union took in every collected snapshot
+(`collect.py`): a fit of a subset (a new primary that could not stage them all)
+would replace good ratings with worse ones. The step fails with the staging errors
+and the published file and its alias stay as they were. Conflicting matches
+(`matches.py`) are not rated; they are counted here, per config.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class RatingsResult:
     config: str
     union: UnionResult = field(default_factory=UnionResult)
     selection: Selection | None = None
+    conflicts: int = 0  # conflicting matches of the config, left out of the fit
     fit_iterations: int = 0
     fit_converged: bool = True
     published: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COLUMNS))
@@ -63,7 +70,9 @@ class OnNodeResult:
 
 def catalog_identity(catalog: Catalog) -> Identity:
     """{model name → sha256} from the catalog's model artifacts, keeping only names that
-    have always meant one set of weights, and {sha256 → config}."""
+    have always meant one set of weights, and {sha256 → config}. A name meaning one
+    sha *so far* is not enough for a reused file name (`candidate_*`, ...): those are
+    never resolved by name (`identity.is_reused_name`), only by a recorded sha."""
     models = catalog.artifacts_frame([MODEL_KIND])
     shas_of: dict[str, set[str]] = {}
     for art in models.itertuples(index=False):
@@ -111,12 +120,17 @@ def _verify(node: Node, sha256: str, transports: Transports) -> dict[str, Any]:
 def recompute_ratings(
     config: str, fleet: Fleet, catalog: Catalog, transports: Transports
 ) -> RatingsResult:
-    """Union what is new, refit `config` from all its matches, publish on durable nodes."""
+    """Union what is new, refit `config` from all its matches, publish on durable nodes.
+
+    Raises UnionIncomplete, before anything is written, when the union lacks a
+    collected snapshot."""
     result = RatingsResult(config=config)
     catalog.sync_nodes(fleet.nodes)
     result.union = union_all(fleet, catalog, transports)
+    result.union.raise_if_incomplete(f"config {config}: not publishing {RATINGS_DB}")
     primary = fleet.node(str(result.union.primary))
     dump = run_script(primary, transports, MATCHES_SCRIPT, ["dump", MATCHES_DB, config])
+    result.conflicts = int(dump["conflicts"])
     result.selection = select_matches(dump["matches"], config, catalog_identity(catalog))
     fitted = fit_config(result.selection)
     result.fit_iterations = int(fitted.attrs.get("iterations", 0))
