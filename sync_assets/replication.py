@@ -307,7 +307,11 @@ def distribute(
     gone is dropped and its target served by another holder."""
     result = ReplicationResult()
     replicas = catalog.replicas_frame()
-    mine = replicas[(replicas["sha256"] == sha256) & replicas["state"].isin(AUDITED_STATES)]
+    mine = replicas[
+        (replicas["sha256"] == sha256)
+        & replicas["state"].isin(AUDITED_STATES)
+        & replicas["node"].isin([n.name for n in fleet.nodes])  # departed nodes serve nothing
+    ]
     for node_name, rows in mine[mine["path"] == path].groupby("node"):
         if node_name not in targets:
             continue
@@ -324,34 +328,39 @@ def distribute(
                 "dropped from the catalog, copying again"
             )
             mine = mine[~((mine["node"] == node_name) & (mine["path"] == path))]
-    # One path per holder, preferring `path` itself (the copy just confirmed).
+    # Every path each holder has it at, `path` itself first (the copy just confirmed).
     ordered = mine.assign(here=mine["path"] != path).sort_values(["here", "node"])
-    source_path = dict(ordered.drop_duplicates("node")[["node", "path"]].itertuples(index=False))
+    source_paths: dict[str, list[str]] = {}
+    for holder, holder_path in ordered[["node", "path"]].itertuples(index=False):
+        source_paths.setdefault(str(holder), []).append(str(holder_path))
     done = set(mine.loc[mine["path"] == path, "node"])
     missing = [t for t in targets if t not in done]
     unavailable = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
     while missing:
-        wave = fanout_wave(set(source_path), missing, fleet.policy.transfers_per_node, unavailable)
+        wave = fanout_wave(set(source_paths), missing, fleet.policy.transfers_per_node, unavailable)
         if not wave:
             break
         for source, target in wave:
-            if source not in source_path:  # found gone earlier in this wave
+            if source not in source_paths:  # found gone earlier in this wave
                 continue
             [outcome] = copy_recorded(
                 fleet.node(source),
                 fleet.node(target),
-                [CopyItem(source_path[source], path, sha256)],
+                [CopyItem(source_paths[source][0], path, sha256)],
                 catalog,
                 transports,
             )
             result.note(outcome)
             if isinstance(outcome, SourceGone):
-                del source_path[source]  # the target stays missing: another holder serves it
+                # The target stays missing: another path or holder serves it next wave.
+                source_paths[source].pop(0)
+                if not source_paths[source]:
+                    del source_paths[source]
                 continue
             missing.remove(target)
             if isinstance(outcome, CopyResult):
-                source_path.setdefault(target, path)
-    if missing and not set(source_path) - unavailable:
+                source_paths.setdefault(target, [path])
+    if missing and not set(source_paths) - unavailable:
         result.findings.append(
             f"{sha256[:16]}: no copy left to copy from; not placed on {', '.join(sorted(missing))}"
         )
@@ -400,7 +409,10 @@ def gather(
         verified = replicas[replicas["sha256"].isin(wanted) & (replicas["state"] == "verified")]
         missing = wanted - set(verified.loc[verified["node"] == node.name, "sha256"])
         down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-        sources = verified[~verified["node"].isin(down) & (verified["node"] != node.name)]
+        in_fleet = verified["node"].isin([n.name for n in fleet.nodes])
+        sources = verified[
+            in_fleet & ~verified["node"].isin(down) & (verified["node"] != node.name)
+        ]
         sources = sources.assign(ephemeral=~sources["node"].isin(durable)).sort_values(
             ["ephemeral", "node", "path"]
         )

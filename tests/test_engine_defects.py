@@ -135,6 +135,41 @@ def test_snapshot_whose_copies_are_all_gone_is_taken_again(tmp_path: Path) -> No
             assert got.fetchall() == want
 
 
+# ---- item 5 (unit) ---------------------------------------------------------------------------
+
+
+def test_missing_source_is_a_finding_and_another_copy_is_used(tmp_path: Path) -> None:
+    """The catalog says store-1 holds a verified copy, the disk says otherwise (deleted
+    out of band). Replication tries it as a source, confirms it is gone, drops it, and
+    copies from the other holder (an ephemeral node, so store-1 is tried first): both durable nodes end with verified bytes, and the
+    run reports a finding, not a failed transfer."""
+    from sync_assets.replication import replicate
+
+    fleet, catalog = local_fleet(tmp_path, nodes=5)
+    catalog.sync_nodes(fleet.nodes)
+    payload = os.urandom(50_000)
+    sha = hashlib.sha256(payload).hexdigest()
+    for name in ("store-1", "gpu-2"):
+        (root_of(fleet, name) / "games" / "x.db").write_bytes(payload)
+    catalog.add_artifact(sha, kind="games_snapshot", config="hex8_2p", name="games/x.db",
+                         size=len(payload), origin_node="gpu-2")  # fmt: skip
+    for name in ("store-1", "gpu-2"):
+        catalog.record_replica(sha, name, "games/x.db", len(payload))
+    (root_of(fleet, "store-1") / "games" / "x.db").unlink()  # out of band
+
+    moved = replicate([sha], fleet, catalog, Transports(), lambda _row: "games/got/x.db")
+
+    assert moved.failures == []
+    assert len(moved.findings) == 1 and "store-1" in moved.findings[0]
+    for name in ("coord-1", "store-1"):
+        assert sha256_of(root_of(fleet, name) / "games" / "got" / "x.db") == sha
+    rows = sqlite3.connect(tmp_path / "catalog.db").execute(
+        "SELECT node, path FROM replicas WHERE sha256 = ? ORDER BY node, path", (sha,)
+    ).fetchall()
+    assert rows == [("coord-1", "games/got/x.db"), ("gpu-2", "games/x.db"),
+                    ("store-1", "games/got/x.db")]  # fmt: skip
+
+
 # ---- item 8 ---------------------------------------------------------------------------------
 
 
@@ -300,7 +335,7 @@ def test_catalog_word_is_not_taken_over_the_disk_rm_demo_then_demo(tmp_path: Pat
     again = _demo(tmp_path, stale, demo_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Traceback" not in again.stdout
-    assert "Data at risk (no durable copy): 0.0 MB" in again.stdout
+    assert "Data at risk (no durable copy): 0.0 MB" in again.stdout, again.stdout[-1500:]
     rebuilt = _canonical_tables(demo_dir)
 
     reference_dir = tmp_path / "reference"
