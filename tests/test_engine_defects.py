@@ -163,9 +163,11 @@ def test_missing_source_is_a_finding_and_another_copy_is_used(tmp_path: Path) ->
     assert len(moved.findings) == 1 and "store-1" in moved.findings[0]
     for name in ("coord-1", "store-1"):
         assert sha256_of(root_of(fleet, name) / "games" / "got" / "x.db") == sha
-    rows = sqlite3.connect(tmp_path / "catalog.db").execute(
-        "SELECT node, path FROM replicas WHERE sha256 = ? ORDER BY node, path", (sha,)
-    ).fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "catalog.db")
+        .execute("SELECT node, path FROM replicas WHERE sha256 = ? ORDER BY node, path", (sha,))
+        .fetchall()
+    )
     assert rows == [("coord-1", "games/got/x.db"), ("gpu-2", "games/x.db"),
                     ("store-1", "games/got/x.db")]  # fmt: skip
 
@@ -343,6 +345,18 @@ def test_catalog_word_is_not_taken_over_the_disk_rm_demo_then_demo(tmp_path: Pat
     assert rebuilt == _canonical_tables(reference_dir)
     assert set(rebuilt) == {"coord-1", "store-1"}
 
+    def ratings(root: Path) -> list[tuple]:
+        conn = sqlite3.connect(
+            f"file:{root / 'nodes/coord-1/elo/fleet_ratings.db'}?mode=ro", uri=True
+        )
+        rows = conn.execute(
+            "SELECT participant_id, board_type, num_players, round(rating, 6), games"
+            " FROM ratings ORDER BY 1, 2, 3"
+        ).fetchall()
+        conn.close()
+        return rows
+
+    assert ratings(demo_dir) == ratings(reference_dir) != []
     for config, rows in rebuilt["coord-1"].items():
         board, players = config.rsplit("_", 1)
         want: set[str] = set()
