@@ -140,9 +140,10 @@ def test_snapshot_whose_copies_are_all_gone_is_taken_again(tmp_path: Path) -> No
 
 def test_missing_source_is_a_finding_and_another_copy_is_used(tmp_path: Path) -> None:
     """The catalog says store-1 holds a verified copy, the disk says otherwise (deleted
-    out of band). Replication tries it as a source, confirms it is gone, drops it, and
-    copies from the other holder (an ephemeral node, so store-1 is tried first): both durable nodes end with verified bytes, and the
-    run reports a finding, not a failed transfer."""
+    out of band). Replication tries it as a source (the other holder is ephemeral, so
+    store-1 comes first), confirms it is gone, drops it, and copies from the other
+    holder: both durable nodes end with verified bytes, and the run reports a finding,
+    not a failed transfer."""
     from sync_assets.replication import replicate
 
     fleet, catalog = local_fleet(tmp_path, nodes=5)
