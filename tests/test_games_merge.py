@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -173,6 +174,7 @@ def test_merge_matches_independent_sql(fleet: FleetSeed, tmp_path: Path, config:
 
     assert totals["seen"] == want["seen"]
     assert totals["rejected"] == {
+        **dict.fromkeys(merge.REJECT_REASONS, 0),
         "unfinished": want["unfinished"],
         "too_few_moves": want["too_few_moves"],
     }
@@ -365,23 +367,28 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_corrupt_snapshot_leaves_canonical_unchanged(fleet: FleetSeed, tmp_path: Path) -> None:
+def test_unreadable_snapshots_leave_canonical_unchanged(fleet: FleetSeed, tmp_path: Path) -> None:
+    """Garbage, an empty DB and a missing file are reported, not merged, and stop nothing."""
     snaps = fleet.snapshots()
     canonical = tmp_path / "canonical.db"
     merge_snapshots(canonical, "hex8_2p", snaps[:2])
     digest = _file_digest(canonical)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\x00\x17not a database at all" * 500)
-    with pytest.raises(MergeError, match=r"garbage\.db.*unreadable SQLite"):
-        merge_snapshots(canonical, "hex8_2p", [*snaps[2:], (str(garbage), "node-x:garbage")])
-    assert _file_digest(canonical) == digest
-
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
-    with pytest.raises(MergeError, match=r"empty\.db: not a game DB"):
-        merge_snapshots(canonical, "hex8_2p", [(str(empty), "empty")])
-    with pytest.raises(MergeError, match="no such file"):
-        merge_snapshots(canonical, "hex8_2p", [(str(tmp_path / "missing.db"), "missing")])
+    bad = [
+        (str(garbage), "node-x:garbage"),
+        (str(empty), "empty"),
+        (str(tmp_path / "missing.db"), "missing"),
+    ]
+    stats = merge_snapshots(canonical, "hex8_2p", bad)
+    assert [s["status"] for s in stats["snapshots"]] == ["unreadable"] * 3
+    errors = [s["error"] for s in stats["snapshots"]]
+    assert re.search(r"garbage\.db.*unreadable SQLite", errors[0])
+    assert re.search(r"empty\.db: not a game DB", errors[1])
+    assert "no such file" in errors[2]
+    assert stats["totals"]["unreadable"] == 3 and stats["totals"]["seen"] == 0
     assert not (tmp_path / "missing.db").exists()
     assert _file_digest(canonical) == digest
 
@@ -415,8 +422,9 @@ def test_cli_from_stdin_prints_json(fleet: FleetSeed, tmp_path: Path) -> None:
         cwd=tmp_path,
         timeout=120,
     )
-    assert bad.returncode == 1
-    assert "garbage.db" in json.loads(bad.stdout)["error"]
+    assert bad.returncode == 0, bad.stderr  # a bad snapshot is reported, not a failure
+    (report,) = json.loads(bad.stdout)["snapshots"]
+    assert report["status"] == "unreadable" and "garbage.db" in report["error"]
 
 
 @pytest.mark.parametrize("key", [*STANDARD_CONFIGS, "sq8_2p", "hex_2P", "hex8_2", "SQ19_4p"])
