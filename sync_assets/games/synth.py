@@ -336,6 +336,21 @@ def write_game_db(
     return GeneratedDb(path, tuple(specs), {t: set(c) for t, c in omit.items()})
 
 
+def strip_keys(path: Path, tables: Iterable[str]) -> None:
+    """Rewrite `tables` of the game DB at `path` as an older schema holds them: same columns
+    and rows, no primary key, no NOT NULL, no index, so repeated keys and NULLs fit in."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table}_keyless AS SELECT * FROM {table}")
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute(f"ALTER TABLE {table}_keyless RENAME TO {table}")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def generate_game_db(
     path: Path,
     *,
