@@ -175,10 +175,25 @@ def confirm_holders(
         & replicas["node"].isin(names)
         & (replicas["state"] == "verified")
     ]
-    for holder, rows in held.groupby("node"):
+    _confirm_on_disk(held, fleet, catalog, transports, result)
+    return result
+
+
+def _confirm_on_disk(
+    rows: pd.DataFrame,
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+    result: ReplicationResult,
+) -> set[tuple[str, str, str]]:
+    """Look at these catalog replicas (node, sha256, path, size) on disk, one command per
+    node; drop the wrong ones and note each as a finding. Returns (node, sha256, path) of
+    those dropped. A node that cannot be looked at is a failure; its rows stay."""
+    dropped: set[tuple[str, str, str]] = set()
+    for holder, group in rows.groupby("node"):
         recorded = [
             AuditedReplica(sha, path, int(size), None)
-            for sha, path, size in rows[["sha256", "path", "size"]].itertuples(index=False)
+            for sha, path, size in group[["sha256", "path", "size"]].itertuples(index=False)
         ]
         node = fleet.node(str(holder))
         try:
@@ -186,12 +201,13 @@ def confirm_holders(
         except TransferError as exc:
             result.failures.append(str(exc))
             continue
-        result.findings += [
-            f"node {holder}: {r.path}: recorded copy of {r.sha256[:16]} not on disk; "
-            "dropped from the catalog"
-            for r in lost
-        ]
-    return result
+        for r in lost:
+            result.findings.append(
+                f"node {holder}: {r.path}: recorded copy of {r.sha256[:16]} not on disk; "
+                "dropped from the catalog"
+            )
+            dropped.add((str(holder), r.sha256, r.path))
+    return dropped
 
 
 MAX_REPLAN_ROUNDS = 3
@@ -312,22 +328,9 @@ def distribute(
         & replicas["state"].isin(AUDITED_STATES)
         & replicas["node"].isin([n.name for n in fleet.nodes])  # departed nodes serve nothing
     ]
-    for node_name, rows in mine[mine["path"] == path].groupby("node"):
-        if node_name not in targets:
-            continue
-        recorded = [AuditedReplica(sha256, path, int(rows["size"].iloc[0]), None)]
-        node = fleet.node(str(node_name))
-        try:
-            wrong = confirm_replicas(node, catalog, transports.for_node(node), recorded)
-        except TransferError as exc:
-            result.failures.append(str(exc))
-            continue
-        if wrong:
-            result.findings.append(
-                f"node {node_name}: {path}: recorded copy of {sha256[:16]} not on disk; "
-                "dropped from the catalog, copying again"
-            )
-            mine = mine[~((mine["node"] == node_name) & (mine["path"] == path))]
+    claimed = mine[(mine["path"] == path) & mine["node"].isin(targets)]
+    gone = {node for node, _, _ in _confirm_on_disk(claimed, fleet, catalog, transports, result)}
+    mine = mine[~((mine["path"] == path) & mine["node"].isin(gone))]
     # Every path each holder has it at, `path` itself first (the copy just confirmed).
     ordered = mine.assign(here=mine["path"] != path).sort_values(["here", "node"])
     source_paths: dict[str, list[str]] = {}
@@ -390,18 +393,8 @@ def gather(
         & (replicas["node"] == node.name)
         & (replicas["state"] == "verified")
     ]
-    recorded = [
-        AuditedReplica(sha, path, int(size), None)
-        for sha, path, size in mine[["sha256", "path", "size"]].itertuples(index=False)
-    ]
-    try:
-        for r in confirm_replicas(node, catalog, transports.for_node(node), recorded):
-            result.findings.append(
-                f"node {node.name}: {r.path}: copy of {r.sha256[:16]} not on disk; "
-                "dropped from the catalog"
-            )
-    except TransferError as exc:
-        result.failures.append(str(exc))
+    _confirm_on_disk(mine, fleet, catalog, transports, result)
+    if result.failures:  # the node could not be looked at: nothing to build on
         return result
     artifacts = catalog.artifacts_frame().set_index("sha256")
     for _ in range(MAX_REPLAN_ROUNDS):
