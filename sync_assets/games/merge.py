@@ -564,21 +564,30 @@ def _move_field(alias: str, columns: Sequence[str], field: str) -> str:
     return f"{alias}.{field}" if field in columns else "NULL"
 
 
-def _same_moves_sql(src_moves: _Plan, main_columns: Sequence[str]) -> str:
-    """True when snapshot game `c.game_id` has exactly the fingerprinted move fields of the
-    canonical game `c.game_id`, row for row: the common "same game on two nodes" case is
-    settled in SQL without hashing either side. Identical repeated rows count once."""
-    count = "count(*)" if src_moves.keyed else "count(DISTINCT s.move_number)"
+def _drop_same_games(conn: sqlite3.Connection, src_moves: _Plan, main_moves: Sequence[str]) -> None:
+    """Delete from temp.coll the ids whose snapshot game has exactly the fingerprinted move
+    fields of the canonical game, row for row (identical repeated rows count once): the
+    common "same game on two nodes" case is settled in SQL without hashing either side.
+
+    Joins, not correlated subqueries: on a snapshot whose moves have no index, SQLite
+    builds an automatic one for a join, never for a correlated subquery.
+    """
     equal = " AND ".join(
-        f"{_move_field('m', main_columns, f)} IS {_move_field('s', src_moves.shared, f)}"
+        f"{_move_field('m', main_moves, f)} IS {_move_field('s', src_moves.shared, f)}"
         for f in _FINGERPRINT_FIELDS[1:]
     )
-    main_count = "(SELECT count(*) FROM main.game_moves m WHERE m.game_id = c.game_id)"
-    return (
-        f"(SELECT {count} FROM src.game_moves s WHERE s.game_id = c.game_id) = {main_count}"
-        f" AND {main_count} = (SELECT count(DISTINCT m.move_number) FROM src.game_moves s"
-        "    JOIN main.game_moves m ON m.game_id = s.game_id AND m.move_number = s.move_number"
-        f"   WHERE s.game_id = c.game_id AND {equal})"
+    per_game = "FROM temp.coll c CROSS JOIN {} ON {}.game_id = c.game_id"
+    src, main = per_game.format("src.game_moves s", "s"), per_game.format("main.game_moves m", "m")
+    conn.execute(
+        f"WITH s AS (SELECT c.game_id, count(DISTINCT s.move_number) AS n {src}"
+        "   GROUP BY c.game_id),"
+        f" m AS (SELECT c.game_id, count(*) AS n {main} GROUP BY c.game_id),"
+        f" same AS (SELECT c.game_id, count(DISTINCT m.move_number) AS n {src}"
+        "   CROSS JOIN main.game_moves m ON m.game_id = s.game_id"
+        f"   AND m.move_number = s.move_number WHERE {equal} GROUP BY c.game_id)"
+        " DELETE FROM temp.coll WHERE game_id IN (SELECT s.game_id FROM s"
+        "   JOIN m ON m.game_id = s.game_id AND m.n = s.n"
+        "   JOIN same ON same.game_id = s.game_id AND same.n = s.n)"
     )
 
 
@@ -612,10 +621,10 @@ def _resolve_collisions(
     taken means that copy arrived before: it carries 48 bits of this fingerprint.
     """
     conn.execute(
-        "INSERT INTO temp.coll SELECT c.game_id FROM temp.cand c"
-        " JOIN main.games g ON g.game_id = c.game_id"
-        f" WHERE c.reason IS NULL AND NOT ({_same_moves_sql(plans['game_moves'], main_moves)})"
+        "INSERT INTO temp.coll SELECT c.game_id FROM temp.cand c WHERE c.reason IS NULL"
+        " AND EXISTS (SELECT 1 FROM main.games g WHERE g.game_id = c.game_id)"
     )
+    _drop_same_games(conn, plans["game_moves"], main_moves)
     differing = _fingerprints(conn, "src", plans["game_moves"].shared, "temp.coll")
     if not differing:
         return []
