@@ -23,7 +23,8 @@ snapshot (a crash leaves canonical as it was after the previous snapshot):
 
 - insert-if-absent on `game_id`, child rows copied with the game, only the
   columns both sides share (schemas drift between nodes); a column the snapshot
-  lacks reads as NULL, also where moves are compared;
+  lacks reads as NULL, also where moves are compared (a copy from a node without
+  player/move_type differs from a full copy: kept under `~fingerprint`, not lost);
 - only complete games: every game of the config is accepted or rejected with the
   first reason that applies (`rejected`, per reason):
     null_game_id           its `games` row has no game_id;
@@ -55,7 +56,10 @@ game_id, board_type, num_players, game_status; game_moves: game_id, move_number,
 move_json — or a read of it fails, e.g. on a corrupt page); then the next
 snapshot is merged. seen (games of the config) = added + duplicates +
 sum(rejected); collisions_kept counts the `added` games stored under a
-`~fingerprint` id.
+`~fingerprint` id; config_respelled the seen games spelled otherwise than
+canonical stores them; rows_added and rows_dropped are per table; census is the
+snapshot's games per config (as `--census` gives it). `totals` sums the counters
+and counts the merged and unreadable snapshots.
 
 Whose fault is a failed statement? SQLite's error codes do not name the file (a
 malformed page in either is SQLITE_CORRUPT), so the snapshot is read again, alone:
