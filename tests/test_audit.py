@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
+from resources.inventory import DiskPolicy, Fleet, Node, Policy
 from resources.transport import Transports
 from resources.transport.base import ExecResult, Listing, TransferError
 from resources.transport.local import LocalTransport
@@ -289,7 +289,9 @@ def test_listing_root_from_the_extremes_matches_every_path() -> None:
 def test_audit_then_plan_repairs_only_what_is_gone(tmp_path: Path, catalog: Catalog) -> None:
     """The no-op re-sync: audit + plan move nothing; after a loss, exactly the loss moves."""
     a, b = (make_node(tmp_path / "nodes", n) for n in ("store-1", "store-2"))
-    fleet = Fleet(fleet="t", nodes=[a, b])
+    # These nodes share this machine's disk, whatever else fills it: a floor it can meet.
+    policy = Policy(disk=DiskPolicy(max_target_use=0.99, min_free_gb=0.1))
+    fleet = Fleet(fleet="t", nodes=[a, b], policy=policy)
     catalog.sync_nodes(fleet.nodes)
     shas = []
     for i in range(5):
