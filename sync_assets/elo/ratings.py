@@ -198,11 +198,15 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def _logistic(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log(1 + eᵈ), 1 / (1 + e⁻ᵈ)) elementwise, from one exponential of −|d| (which
-    never overflows): the costliest step of an iteration, over every pair."""
-    small = np.exp(-np.abs(d))
-    larger = 1.0 / (1.0 + small)  # the probability of the larger side, σ(|d|) ≥ ½
-    return np.maximum(d, 0.0) - np.log(larger), 0.5 + np.copysign(larger - 0.5, d)
+    """(σ(d), σ(|d|)) elementwise, σ(d) = 1 / (1 + e⁻ᵈ), from one exponential of −|d|
+    (which never overflows): the costliest step of an iteration, over every pair."""
+    larger = 1.0 / (1.0 + np.exp(-np.abs(d)))  # the larger side's probability, ≥ ½
+    return 0.5 + np.copysign(larger - 0.5, d), larger
+
+
+def _softplus(d: np.ndarray, larger: np.ndarray) -> np.ndarray:
+    """log(1 + eᵈ), given σ(|d|): max(d, 0) − log σ(|d|)."""
+    return np.maximum(d, 0.0) - np.log(larger)
 
 
 def _lower_times(lower: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -305,23 +309,13 @@ def _inverse_diagonal(matrix: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return variance
 
 
-@dataclass(frozen=True)
-class _Point:
-    """The log-posterior at one θ, and what its derivatives need from the pairs (the
-    O(pairs) part of an iteration, computed once per point)."""
-
-    theta: np.ndarray
-    value: float
-    p: np.ndarray  # per pair: the probability that i beats j
-    q: np.ndarray  # per participant: the probability of beating the prior's START opponent
-
-
 class _Posterior:
     """The log-posterior of natural-log strengths θ (START = 0): for every pair, its
     points w of n games scored as w·(θi − θj) − n·log(1 + e^(θi − θj)) (draws are
     half a win), plus `prior_draws` virtual draws of each participant against a
     fixed opponent at START. Strictly concave, so the maximum is unique. `free`:
-    the participants that move (anchors do not). Pairs come ordered by i (then j)."""
+    the participants that move (anchors do not). Pairs come ordered by i (then j).
+    `_Point` evaluates it at one θ."""
 
     def __init__(
         self,
@@ -350,7 +344,7 @@ class _Posterior:
         self._below = at[j] * (m + 1) + at[i]
         self._matrix = np.zeros((m + 1, m + 1))
 
-    def _per_participant(self, of_i: np.ndarray, of_j: np.ndarray) -> np.ndarray:
+    def per_participant(self, of_i: np.ndarray, of_j: np.ndarray) -> np.ndarray:
         """Σ over each participant's pairs of `of_i` where it is i and `of_j` where j."""
         totals = np.bincount(self.j, of_j, self.n).astype(np.float64, copy=False)  # no pairs: int
         totals[self.i[self._runs]] += np.add.reduceat(of_i, self._runs)
@@ -360,7 +354,7 @@ class _Posterior:
         """Per participant, the mean of `values` over its opponents, one per game, and
         the prior's virtual opponent at 0 (`games` counts its draws)."""
         return (
-            self._per_participant(self.games * values[self.j], self.games * values[self.i]) / games
+            self.per_participant(self.games * values[self.j], self.games * values[self.i]) / games
         )
 
     def first_guess(self, theta: np.ndarray) -> np.ndarray:
@@ -372,8 +366,8 @@ class _Posterior:
         log-odds. Plain log-odds (s = 0) understate the gap to a spread field: from
         here Newton needs two iterations fewer in a well-mixed fleet."""
         prior = self.prior_draws
-        points = self._per_participant(self.points, self.games - self.points)
-        games = self._per_participant(self.games, self.games) + prior
+        points = self.per_participant(self.points, self.games - self.points)
+        games = self.per_participant(self.games, self.games) + prior
         log_odds = np.log((points + prior / 2.0) / (games - points - prior / 2.0))
         guess = theta.copy()
         guess[self.free] = log_odds[self.free]
@@ -383,29 +377,62 @@ class _Posterior:
         guess[self.free] = placed[self.free]
         return guess
 
-    def at(self, theta: np.ndarray) -> _Point:
-        d = theta[self.i] - theta[self.j]
-        softplus, p = _logistic(d)
-        prior_softplus, q = _logistic(theta)
-        data = self.points @ d - self.games @ softplus
-        prior = self.prior_draws * (0.5 * theta.sum() - prior_softplus.sum())
-        return _Point(theta, float(data + prior), p, q)
-
-    def derivatives(self, point: _Point) -> tuple[np.ndarray, np.ndarray]:
-        """The gradient over the free participants, and the information matrix there:
-        minus the Hessian, dense, symmetric positive definite (a weighted Laplacian
-        plus the prior). The matrix is overwritten by the next call."""
+    def information(self, point: _Point) -> np.ndarray:
+        """Minus the Hessian at `point` over the free participants: dense, symmetric
+        positive definite (a weighted Laplacian plus the prior). The matrix is
+        overwritten by the next call."""
         p, q = point.p, point.q
-        surplus = self.points - self.games * p
         weight = self.games * p * (1.0 - p)
-        grad = self.prior_draws * (0.5 - q) + self._per_participant(surplus, -surplus)
-        diagonal = self.prior_draws * q * (1.0 - q) + self._per_participant(weight, weight)
+        diagonal = self.prior_draws * q * (1.0 - q) + self.per_participant(weight, weight)
         cells = self._matrix.reshape(-1)  # a view: the flat positions of the matrix
         cells[self._above] = cells[self._below] = -weight
         m = len(self.free)
         information = self._matrix[:m, :m]
         np.fill_diagonal(information, diagonal[self.free])
-        return grad[self.free], information
+        return information
+
+
+class _Point:
+    """The log-posterior at one θ. What its terms need from every pair is computed on
+    arrival, once (the O(pairs) part of an iteration); the gradient and the value when
+    first asked for — the value, a sum of logarithms over every pair, only when the
+    gradient cannot vouch for a step (`_raises`)."""
+
+    def __init__(self, posterior: _Posterior, theta: np.ndarray) -> None:
+        self.posterior, self.theta = posterior, theta
+        self.d = theta[posterior.i] - theta[posterior.j]
+        self.p, self._larger = _logistic(self.d)  # per pair: that i beats j
+        self.q, self._q_larger = _logistic(theta)  # per participant: beats the prior's START
+
+    @functools.cached_property
+    def gradient(self) -> np.ndarray:
+        """Over the free participants."""
+        posterior = self.posterior
+        surplus = posterior.points - posterior.games * self.p
+        grad = posterior.prior_draws * (0.5 - self.q)
+        grad += posterior.per_participant(surplus, -surplus)
+        return grad[posterior.free]
+
+    @functools.cached_property
+    def value(self) -> float:
+        posterior, theta = self.posterior, self.theta
+        data = posterior.points @ self.d - posterior.games @ _softplus(self.d, self._larger)
+        prior = 0.5 * theta.sum() - _softplus(theta, self._q_larger).sum()
+        return float(data + posterior.prior_draws * prior)
+
+
+def _raises(point: _Point, candidate: _Point, step: np.ndarray, scale: float) -> bool:
+    """Whether `candidate` (point + scale · step) raises the posterior by 1e-4 of what
+    the slope at `point` promises (Armijo). The posterior is concave, so it rises by
+    at least scale · (the slope along `step` at `candidate`): while that slope is
+    still that steep, no sum of the posterior itself is needed."""
+    rise = float(point.gradient @ step)
+    if candidate.gradient @ step >= 1e-4 * rise:
+        return True
+    # Near the top the gain drowns in the sum's round-off: Newton is safe there.
+    if rise < ROUND_OFF * abs(point.value):
+        return True
+    return candidate.value >= point.value + 1e-4 * scale * rise
 
 
 @dataclass(frozen=True)
@@ -430,10 +457,10 @@ def _newton(
     is solved exactly through a Cholesky factor, which then preconditions the next
     steps (the Hessian changes little from one step to the next)."""
     free = posterior.free
-    point = posterior.at(theta)
+    point = _Point(posterior, theta)
     factor: _Factor | None = None
     for iteration in range(1, max_iterations + 1):
-        grad, information = posterior.derivatives(point)
+        grad, information = point.gradient, posterior.information(point)
         jacobi = functools.partial(np.multiply, 1.0 / information.diagonal())
         step = _conjugate_gradients(information, grad, factor.solve if factor else jacobi)
         if step is None:
@@ -445,19 +472,16 @@ def _newton(
             top = point.theta.copy()
             top[free] += step
             return _Maximum(top, information, iteration, True)
-        scale, rise = 1.0, float(grad @ step)
-        # Near the top the gain drowns in the sum's round-off: Newton is safe there.
-        gain_is_noise = rise < ROUND_OFF * abs(point.value)
+        scale = 1.0
         for _ in range(60):
             trial = point.theta.copy()
             trial[free] += scale * step
-            candidate = posterior.at(trial)
-            if gain_is_noise or candidate.value >= point.value + 1e-4 * scale * rise:
+            candidate = _Point(posterior, trial)
+            if _raises(point, candidate, step, scale):
                 break
             scale *= 0.5
         point = candidate
-    _, information = posterior.derivatives(point)
-    return _Maximum(point.theta, information, max_iterations, False)
+    return _Maximum(point.theta, posterior.information(point), max_iterations, False)
 
 
 def fit_ratings(
