@@ -77,15 +77,14 @@ def write_games(path: Path, games: list[tuple[str, str, int]], moves: int = 6) -
 
 
 def complete_games(db: Path, board: str, players: int) -> set[str]:
-    """Ids of the complete games of one config in a node DB (independent plain SQL)."""
+    """Ids of the complete games of one config in a node DB (DATA.md: finished, >= 5
+    moves present), by independent plain SQL."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = conn.execute(
             "SELECT g.game_id FROM games g WHERE g.board_type = ? AND g.num_players = ?"
             " AND g.game_status IN ('completed', 'finished')"
-            " AND (SELECT count(*) FROM game_moves m WHERE m.game_id = g.game_id) >= 5"
-            " AND EXISTS (SELECT 1 FROM game_initial_state s WHERE s.game_id = g.game_id"
-            "             AND s.initial_state_json IS NOT NULL)",
+            " AND (SELECT count(*) FROM game_moves m WHERE m.game_id = g.game_id) >= 5",
             (board, players),
         )
         return {r[0] for r in rows}

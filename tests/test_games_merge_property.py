@@ -108,14 +108,13 @@ MUST_HOLD = {
     "game_state_snapshots": ("move_number", "state_json", "compressed"),
 }
 DEFAULTS = {"compressed": 0}
-OPTIONAL_TABLES = ("game_players", "game_state_snapshots")
+OPTIONAL_TABLES = ("game_players", "game_initial_state", "game_state_snapshots")
 REASONS = (
     "null_game_id",
     "conflicting_game_rows",
     "unfinished",
     "bad_moves",
     "too_few_moves",
-    "missing_initial_state",
 )
 
 # Board spellings in the wild (DATA.md "Config keys") and what they mean, for the oracle.
@@ -501,14 +500,6 @@ def oracle_merge(canon: Canonical, db: dict, label: str, config: str) -> dict:
             return "bad_moves"
         if len({m["move_number"] for m in moves}) < 5:
             return "too_few_moves"
-        initial = by_id["game_initial_state"][game_id]
-        if (
-            "initial_state_json" not in db["game_initial_state"][0]
-            or not initial
-            or any(lacks_value("game_initial_state", r) for r in initial)
-            or len(distinct(initial, shared["game_initial_state"])) > 1
-        ):
-            return "missing_initial_state"
         return None
 
     board, players = config.split("_")

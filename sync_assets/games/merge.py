@@ -34,9 +34,12 @@ snapshot (a crash leaves canonical as it was after the previous snapshot):
     bad_moves              a move row lacks move_number or move_json, or two
                            different move rows share one move_number;
     too_few_moves          fewer than 5 (distinct) move rows;
-    missing_initial_state  no initial-state row, a NULL in it, or two different ones;
-- rows of the optional tables (game_players, game_state_snapshots) that canonical
-  cannot hold are dropped, not their game (`rows_dropped` per table and reason):
+  (DATA.md's definition of complete: finished, >= 5 moves present. A game is not
+  rejected for what its child tables lack: an old schema without initial states
+  would otherwise lose every game);
+- rows of the optional tables (game_players, game_initial_state,
+  game_state_snapshots) that canonical cannot hold are dropped, not their game
+  (`rows_dropped` per table and reason):
   null_required_field (NULL in a key or NOT NULL column), conflicting_rows (two
   different rows under one key), missing_column (the snapshot lacks a column
   canonical requires, so no row of the table is usable); identical_copy counts
@@ -196,7 +199,6 @@ REJECT_REASONS = (
     "unfinished",
     "bad_moves",
     "too_few_moves",
-    "missing_initial_state",
 )
 
 _SIDE_TABLES = (
@@ -209,7 +211,7 @@ _SIDE_TABLES = (
 _FINGERPRINT_FIELDS = ("move_number", "player", "move_type", "move_json")
 
 # Child tables a game is complete without: their bad rows are dropped, not the game.
-_OPTIONAL_TABLES = ("game_players", "game_state_snapshots")
+_OPTIONAL_TABLES = ("game_players", "game_initial_state", "game_state_snapshots")
 
 # Duplicated from sync_assets.configs on purpose: this file must stay import-free.
 _BOARD_ALIASES = {
@@ -445,10 +447,10 @@ def _reason_sql(plans: dict[str, _Plan]) -> str:
     """SQL CASE: the rejection reason of snapshot game `g`, NULL when it is accepted.
 
     Only the checks the snapshot's schema leaves open are emitted: for a v18 snapshot
-    this is the status, a probe of the moves index for a 5th row and one of the
-    initial-state index. Without those indexes, uncorrelated IN sets (built once).
+    this is the status and a probe of the moves index for a 5th row. Without that
+    index, uncorrelated IN sets (built once).
     """
-    games, moves, initial = plans["games"], plans["game_moves"], plans["game_initial_state"]
+    games, moves = plans["games"], plans["game_moves"]
     branches = []
     if not games.keyed:
         branches.append((_twin_sql("games"), "conflicting_game_rows"))
@@ -469,21 +471,6 @@ def _reason_sql(plans: dict[str, _Plan]) -> str:
             f" HAVING count(DISTINCT s.move_number) >= {MIN_MOVES})"
         )
     branches.append((too_few, "too_few_moves"))
-    if initial.missing:
-        no_initial = "1"
-    elif initial.keyed:
-        no_initial = (
-            "NOT EXISTS (SELECT 1 FROM src.game_initial_state s WHERE s.game_id = g.game_id)"
-        )
-    else:
-        no_initial = (
-            "g.game_id NOT IN (SELECT s.game_id FROM src.game_initial_state s"
-            " WHERE s.game_id IS NOT NULL)"
-        )
-    bad_initial = None if initial.missing else _defect_sql(initial)
-    if bad_initial:
-        no_initial += f" OR {bad_initial}"
-    branches.append((no_initial, "missing_initial_state"))
     return "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in branches) + " END"
 
 
