@@ -1,12 +1,12 @@
 """Elo recompute benchmark: rating 1 M matches to convergence vs `decompose` alone.
 
-    python bench/bench_elo.py [--matches 1000000 --participants 200 1000 2000]
+    python bench/bench_elo.py [--matches 1000000 --participants 200 1000 2000 [5000]]
 
 For each `--participants` count, simulates `--matches` matches of 2–4 players
 (uniform) among participants of known strength (two of them the pinned anchors),
 with draws, then, `--repeat` times, times `decompose` (matches → pairwise results,
 the floor any fit pays) and `fit_ratings` on its output, to convergence (Newton on
-the full Hessian, tolerance 1e-6, uncertainty from the inverse Hessian).
+the full Hessian, tolerance 1e-6, exact uncertainty from the inverse Hessian).
 
 Goal: rating the matches to convergence in under `--max-ratio` (2) × `decompose`
 alone, i.e. (decompose + fit) / decompose, best runs. Checks that the fit converged
@@ -144,22 +144,27 @@ def main(argv: list[str] | None = None) -> int:
             f"of known strength (2 pinned anchors), draw rate {args.draw_rate:g}. Each of "
             f"{args.repeat} runs times `decompose` (matches → pairwise results) and then "
             "`fit_ratings` on its output, to convergence: Newton on the full Hessian, "
-            "tolerance 1e-6, uncertainty from the inverse Hessian. Best of the runs; "
+            "tolerance 1e-6, exact uncertainty from the inverse Hessian. Best of the runs; "
             "ratio = (decompose + fit) / decompose, the time to rate the matches to "
             f"convergence against `decompose` alone. Goal: < {args.max_ratio:g}×.\n\n"
             "| participants | draws | decompose s (runs) | fit s (runs) | Newton iterations "
             "| ratio | median ± Elo | correlation with truth |\n"
             "|---|---|---|---|---|---|---|---|\n"
             f"{table}\n"
-            "The minorise–maximise iteration this replaced took 6,472 iterations (4.01 s "
-            "with `decompose`, 2026-11-23) for 200 participants at 1 M matches; Newton "
-            "converges quadratically, in 5–8 iterations. The fit counts pair outcomes once "
-            "(O(matches)); each iteration is then O(pairs of participants) plus one dense "
-            "Cholesky factorisation over the free participants, O(n³): negligible at a few "
-            "hundred participants, about 0.12 s per iteration at 2,000 (single-threaded "
-            "BLAS), which is why the goal is missed there. Timings on this shared machine "
-            "vary from run to run, the fit's by up to 3× (its BLAS threads compete with "
-            "other jobs).\n\n"
+            "How the fit spends its time: counting pair outcomes, O(matches); then "
+            "Newton iterations, each O(pairs of participants) for the gradient and the "
+            "information matrix plus conjugate gradients on that dense m × m matrix "
+            "(O(m²) a product, ~12 products a step); then one factorisation, O(m³), for "
+            "the exact diagonal of the inverse Hessian (the uncertainties). The fit runs "
+            "BLAS on one thread (a threaded BLAS stalls whenever another job holds a "
+            "core). At 5,000 participants that factorisation alone, about 2/3 · 5000³ "
+            "operations, takes longer than `decompose`: the goal is out of reach there "
+            "for an exact uncertainty on this machine.\n\n"
+            "Before (commit a87ac18, 2026-11-29, one dense Cholesky factorisation per "
+            "Newton iteration, threaded BLAS): 1.11× at 200, 1.84× at 1,000, 3.09× at "
+            "2,000 participants. The minorise–maximise iteration before that took 6,472 "
+            "iterations (4.01 s with `decompose`) for 200 participants. Timings on this "
+            "shared machine vary from run to run with the other jobs on it.\n\n"
         )
     return 0 if ok else 1
 
