@@ -661,3 +661,29 @@ def test_fit_runs_blas_on_one_thread_so_a_busy_host_does_not_stall_it() -> None:
             pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"
         } == {2}
     assert threads and set(threads) == {1}
+
+
+def test_a_refit_that_differs_only_in_the_last_bits_does_not_rewrite_the_ratings_file(
+    tmp_path: Path,
+) -> None:
+    """Idempotence: the same matches refit on another BLAS summation order give ratings
+    equal to ~1e-10 Elo; the published file (its bytes, hence its SHA-256 and every
+    copy) stays as it was. A real change of a micro-Elo and more is written."""
+    import hashlib
+
+    from sync_assets.elo import ratings_db
+
+    path = str(tmp_path / "fleet_ratings.db")
+    rows = [
+        {"participant_id": f"p{i}", "rating": 1500.0 + 37.3 * i, "uncertainty": 20.0 + i,
+         "games": 10, "wins": 5, "losses": 4, "draws": 1, "anchored": True}
+        for i in range(5)
+    ]  # fmt: skip
+    assert ratings_db.write_config(path, "hex8_2p", rows, now=1.0)["changed"]
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    jittered = [{**r, "rating": r["rating"] * (1 + 3e-16), "uncertainty": r["uncertainty"] + 1e-10}
+                for r in rows]  # fmt: skip
+    assert not ratings_db.write_config(path, "hex8_2p", jittered, now=2.0)["changed"]
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
+    moved = [{**rows[0], "rating": rows[0]["rating"] + 1e-5}, *rows[1:]]
+    assert ratings_db.write_config(path, "hex8_2p", moved, now=3.0)["changed"]

@@ -111,10 +111,22 @@ def _config_rows(conn: sqlite3.Connection, board: str, players: int) -> dict[str
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
+# A refit of the same matches may differ from the last one in the last bits (BLAS
+# summation order): that is no change, and must not rewrite and redistribute the file.
+SAME_RATING_ELO = 1e-6
+
+
+def _unchanged(before: tuple, values: tuple) -> bool:
+    """`before` (stored values) and `values` (a new row's) say the same thing."""
+    (r0, u0, *counts0), (r1, u1, *counts1) = before, values
+    close = abs(r0 - r1) <= SAME_RATING_ELO and abs(u0 - u1) <= SAME_RATING_ELO
+    return close and counts0 == counts1
+
+
 def _same_values(old: dict[str, tuple], new: list[dict[str, Any]]) -> bool:
     if set(old) != {r["participant_id"] for r in new}:
         return False
-    return all(old[r["participant_id"]][:-1] == _values(r) for r in new)
+    return all(_unchanged(old[r["participant_id"]][:-1], _values(r)) for r in new)
 
 
 def _values(row: dict[str, Any]) -> tuple:
@@ -133,7 +145,7 @@ def _stamped(row: dict[str, Any], old: dict[str, tuple], now: float) -> tuple:
     """The row's values and updated_at: kept from `old` when the values did not change."""
     values = _values(row)
     before = old.get(row["participant_id"])
-    return (*values, before[-1] if before is not None and before[:-1] == values else now)
+    return (*values, before[-1] if before is not None and _unchanged(before[:-1], values) else now)
 
 
 def write_config(path: str, config: str, rows: list[dict[str, Any]], now: float) -> dict:
