@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
@@ -32,7 +31,7 @@ STAGING_DIR = ".fleetsync/snapshots"
 class Snapshot:
     sha256: str
     taken: bool  # False: the DB had not changed since the snapshot named here
-    checked: Any = None  # what `check` returned for a snapshot taken now
+    path: str | None = None  # the staging copy on the node, for a snapshot taken now
 
 
 def fingerprint(db: RemoteFile, wal: RemoteFile | None) -> str:
@@ -49,12 +48,11 @@ def snapshot_if_changed(
     config: str | None,
     catalog: Catalog,
     transports: Transports,
-    check: Callable[[str], Any] | None = None,
+    check: Callable[[str], None] | None = None,
 ) -> Snapshot:
     """Snapshot `db` on its node unless unchanged *and* its last snapshot still has a
     copy somewhere; register it. `check(staging_path)` may refuse the snapshot by
-    raising (the staging file is removed, nothing recorded); what it returns is kept
-    in `Snapshot.checked`.
+    raising (the staging file is removed, nothing recorded).
 
     The staging copy is always recorded, even when the bytes equal an artifact already
     known: those copies may be gone, and this one is real. It is removed only once
@@ -66,10 +64,9 @@ def snapshot_if_changed(
         return Snapshot(previous[1], taken=False)
     staging = f"{STAGING_DIR}/{db.path}.{time.time_ns()}"
     snap = transport.snapshot_sqlite(node, db.path, staging)
-    checked = None
     if check is not None:
         try:
-            checked = check(staging)
+            check(staging)
         except Exception:
             transport.remove(node, staging)
             raise
@@ -79,7 +76,7 @@ def snapshot_if_changed(
     )
     catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
     catalog.set_source_state(node.name, db.path, seen, sha)
-    return Snapshot(sha, taken=True, checked=checked)
+    return Snapshot(sha, taken=True, path=staging)
 
 
 @dataclass

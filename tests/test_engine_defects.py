@@ -389,3 +389,85 @@ def test_copies_on_an_unreachable_durable_node_count_but_show_at_risk(tmp_path: 
     snapshots = sum(p.stat().st_size for p in (root_of(fleet, "store-1") / "games").rglob("*.db"))
     assert after.bytes_below_policy == 0
     assert after.bytes_relying_on_unreachable == snapshots > 0
+
+
+# ---- found in review: the same classes of defect, other paths --------------------------------
+
+
+def test_a_db_whose_games_cannot_be_counted_is_still_collected_durably(tmp_path: Path) -> None:
+    """An older generator's DB without `num_players`: its snapshot is collected to both
+    durable nodes (its bytes safe, once), quarantined from merging, and the collection
+    says why; the next pass takes no new snapshot of the unchanged DB."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    db = root_of(fleet, "gpu-2") / "games" / "selfplay_hex8_2p.db"
+    db.unlink(missing_ok=True)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE games (game_id TEXT PRIMARY KEY, board_type TEXT,"
+                 " game_status TEXT, players TEXT)")  # fmt: skip
+    conn.execute("CREATE TABLE game_moves (game_id TEXT, move_number INTEGER, move_json TEXT)")
+    conn.execute("INSERT INTO games VALUES ('g1', 'hex8', 'completed', '2')")
+    conn.commit()
+    conn.close()
+    first = collect_node_games(fleet.node("gpu-2"), fleet, catalog, transports)
+    assert any("selfplay_hex8_2p.db" in s and "num_players" in s for s in first.skipped)
+    for name in ("coord-1", "store-1"):
+        [copy] = (root_of(fleet, name) / "games/collected/gpu-2").glob("selfplay_hex8_2p.*.db")
+        got = sqlite3.connect(copy).execute("SELECT game_id, players FROM games").fetchall()
+        assert got == [("g1", "2")]
+    assert len(catalog.quarantined()) == 1
+    again = collect_node_games(fleet.node("gpu-2"), fleet, catalog, transports)
+    assert again.snapshots_taken == 0 and not again.skipped
+
+
+def test_a_damaged_snapshot_copy_on_the_primary_never_shrinks_the_canonical_db(
+    tmp_path: Path,
+) -> None:
+    """The primary loses its canonical DB and one collected snapshot copy is damaged
+    (same size). The merge builds on the current version copied from store-1, never
+    quarantines a snapshot whose good bytes exist, and no durable node loses a game;
+    a damaged copy met while merging new games is dropped and copied again."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    for node in fleet.nodes:
+        collect_node_games(node, fleet, catalog, transports)
+    first = merge_canonical("hex8_2p", fleet, catalog, transports)
+    primary = root_of(fleet, str(first.primary))
+    held = canonical_ids(primary / canonical_path("hex8_2p"))
+    (primary / canonical_path("hex8_2p")).unlink()
+    for copy in sorted((primary / "games" / "collected").rglob("*.db")):
+        if complete_games(copy, "hex8", 2):
+            data = bytearray(copy.read_bytes())
+            data[:16] = b"X" * 16
+            copy.write_bytes(bytes(data))
+    write_games(root_of(fleet, "gpu-1") / "games" / "gauntlet_hex8_2p.db",
+                [(f"new-{i}", "hex8", 2) for i in range(3)])  # fmt: skip
+    collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
+
+    for _ in range(2):  # the second pass merges what the first found damaged
+        merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    assert catalog.quarantined() == {}
+    want = held | {f"new-{i}" for i in range(3)}
+    for name in ("coord-1", "store-1"):
+        assert canonical_ids(root_of(fleet, name) / canonical_path("hex8_2p")) == want
+
+
+def test_an_unreachable_primary_does_not_stall_the_merge(tmp_path: Path) -> None:
+    from sync_assets.fleet.probe import probe_and_record
+
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    for node in fleet.nodes:
+        collect_node_games(node, fleet, catalog, transports)
+    first = merge_canonical("hex8_2p", fleet, catalog, transports)
+    gone = root_of(fleet, str(first.primary))
+    gone.rename(gone.with_name(gone.name + ".away"))  # the primary stops answering
+    probe_and_record(fleet.node(str(first.primary)), catalog, transports)
+    write_games(root_of(fleet, "gpu-1") / "games" / "gauntlet_hex8_2p.db", [("late", "hex8", 2)])
+    collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
+
+    second = merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    assert second.primary != first.primary
+    assert "late" in canonical_ids(root_of(fleet, str(second.primary)) / canonical_path("hex8_2p"))

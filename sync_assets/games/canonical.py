@@ -36,10 +36,17 @@ from sync_assets.audit import SUSPECT_SLACK_S
 from sync_assets.games.collect import (
     MERGE_SOURCE,
     SNAPSHOT_KIND,
+    NotAGameDb,
     collected_path,
-    count_configs,
+    record_census,
 )
-from sync_assets.replication import ReplicationResult, confirm_holders, gather, replicate
+from sync_assets.replication import (
+    ReplicationResult,
+    confirm_holders,
+    gather,
+    replicate,
+    unavailable_nodes,
+)
 
 CANONICAL_KIND = "games_canonical"
 SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
@@ -64,11 +71,16 @@ class CanonicalResult:
     durable_copies: int = 0
 
 
-def _choose_primary(fleet: Fleet, replicas: pd.DataFrame, current: str | None) -> Node:
-    """The durable node holding the current canonical DB; else the one with most snapshots."""
-    durable = {n.name: n for n in fleet.durable_nodes}
+def _choose_primary(
+    fleet: Fleet, replicas: pd.DataFrame, current: str | None, unavailable: frozenset[str]
+) -> Node:
+    """A reachable durable node holding the current canonical DB; else the reachable one
+    with most snapshots (an unreachable primary must not stall every merge)."""
+    durable = {n.name: n for n in fleet.durable_nodes if n.name not in unavailable}
     if not durable:
-        raise TransferError("no durable node (storage/coordinator, not ephemeral) in the fleet")
+        raise TransferError(
+            "no reachable durable node (storage/coordinator, not ephemeral) in the fleet"
+        )
     verified = replicas[replicas["state"] == "verified"]
     if current is not None:
         holders = verified[(verified["sha256"] == current) & verified["node"].isin(durable)]
@@ -91,10 +103,18 @@ def merge_canonical(
     with catalog.lease(f"games/canonical/{config}"):
         _count_uncounted(fleet, catalog, transports, result.moved)
         current = catalog.alias(CANONICAL_KIND, config)
-        primary = _choose_primary(fleet, catalog.replicas_frame(), current)
+        down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+        primary = _choose_primary(fleet, catalog.replicas_frame(), current, down)
         result.primary = primary.name
         target = canonical_path(config)
-        result.base_sha256 = base = _version_on(primary, target, catalog, transports)
+        base = _version_on(primary, target, catalog, transports)
+        if current is not None and base != current:
+            # The current version, wherever a copy is left, is the base: never rebuild
+            # from snapshots what a copy still holds.
+            result.moved.add(gather(primary, [current], lambda _art: target, fleet, catalog,
+                                    transports))  # fmt: skip
+            base = _version_on(primary, target, catalog, transports)
+        result.base_sha256 = base
         holds = catalog.canonical_contents(base) if base else set()
         todo = _snapshots_for(config, fleet, catalog) - holds
         merged: dict[str, dict[str, Any]] = {}
@@ -160,11 +180,11 @@ def _count_uncounted(
     ].drop_duplicates("sha256")
     for sha, node_name, path in held[["sha256", "node", "path"]].itertuples(index=False):
         try:
-            census = count_configs(fleet.node(str(node_name)), str(path), transports)
+            record_census(fleet.node(str(node_name)), str(path), str(sha), catalog, transports)
+        except NotAGameDb:
+            continue  # quarantined: never merged, its copies kept
         except TransferError as exc:
             moved.failures.append(f"counting the games of {sha[:16]}: {exc}")
-            continue
-        catalog.record_census(str(sha), census.configs, census.unparsed)
 
 
 def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports) -> str | None:
@@ -221,14 +241,23 @@ def _merge_on(
     except TransferError as exc:  # it died without saying what committed: assume nothing
         return {}, exc
     merged: dict[str, dict[str, Any]] = {}
+    transport = transports.for_node(primary)
     for per in stats["snapshots"]:
-        sha = labels[per["label"]][0]
-        if per.get("status") == "unreadable":
+        sha, path = labels[per["label"]]
+        if per.get("status") != "unreadable":
+            merged[sha] = per
+        elif transport.stat(primary, path) is None or transport.sha256(primary, path) != sha:
+            # This copy is damaged or gone, not the snapshot: forget the copy, and the
+            # next merge gathers a good one.
+            catalog.drop_replicas(primary.name, [(sha, path)])
+            result.moved.findings.append(
+                f"node {primary.name}: {path}: copy of {sha[:16]} is not those bytes; "
+                "dropped from the catalog, to be copied again"
+            )
+        else:  # the verified bytes themselves cannot be read: no copy will do better
             why = str(per.get("error", "unreadable"))
             catalog.quarantine(sha, why)
             result.quarantined[per["label"]] = why
-        else:
-            merged[sha] = per
     result.snapshots_merged = len(merged)
     result.totals = stats["totals"]
     return merged, failure

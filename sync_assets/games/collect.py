@@ -72,9 +72,15 @@ def collected_path(artifact: pd.Series) -> str:
     return f"games/collected/{artifact['origin_node']}/{stem}.{artifact.name[:16]}.db"
 
 
+class NotAGameDb(TransferError):
+    """The snapshot's verified bytes cannot be read as a game DB (a property of its
+    content, so it is quarantined: never merged, its copies kept)."""
+
+
 def count_configs(node: Node, path: str, transports: Transports) -> Census:
-    """Census of a game DB snapshot, counted on its node (`merge.py --census`); a file
-    that is not a readable game DB raises TransferError naming why."""
+    """Census of a game DB snapshot, counted on its node (`merge.py --census`). Raises
+    NotAGameDb when the file is not a readable game DB, TransferError when the count
+    could not be made (the node, the command)."""
     argv = [python_for(node), "-", "--census", path]
     done = transports.for_node(node).exec(node, argv, stdin=MERGE_SOURCE, timeout=3600)
     try:
@@ -87,7 +93,22 @@ def count_configs(node: Node, path: str, transports: Transports) -> Census:
             f"node {node.name}: {path}: cannot count its games (exit {done.returncode}): {err}"
         ) from None
     if status != "ok":
-        raise TransferError(f"node {node.name}: {path}: {out.get('error', status)}")
+        raise NotAGameDb(f"node {node.name}: {path}: {out.get('error', status)}")
+    return census
+
+
+def record_census(node: Node, path: str, sha256: str, catalog: Catalog,
+                  transports: Transports) -> Census:  # fmt: skip
+    """Count a snapshot's games and record them; a snapshot that is not a game DB is
+    quarantined (kept, never merged) and NotAGameDb raised. Any other TransferError
+    leaves it uncounted: it is counted again before the next merge."""
+    try:
+        census = count_configs(node, path, transports)
+    except NotAGameDb as exc:
+        catalog.record_census(sha256, {}, 0)
+        catalog.quarantine(sha256, str(exc))
+        raise
+    catalog.record_census(sha256, census.configs, census.unparsed)
     return census
 
 
@@ -123,7 +144,7 @@ def collect_node_games(
         try:
             snapshot = snapshot_if_changed(
                 node, db, kind=SNAPSHOT_KIND, config=hint, catalog=catalog,
-                transports=transports, check=lambda path: count_configs(node, path, transports),
+                transports=transports,
             )  # fmt: skip
         except NodeUnreachable:
             raise
@@ -134,8 +155,15 @@ def collect_node_games(
             result.unchanged += 1
             continue
         result.snapshots_taken += 1
-        census: Census = snapshot.checked
-        catalog.record_census(snapshot.sha256, census.configs, census.unparsed)
+        # Counted after the snapshot is registered: a DB whose games cannot be counted
+        # is still collected durably (its bytes are safe), only never merged.
+        try:
+            census = record_census(node, snapshot.path, snapshot.sha256, catalog, transports)
+        except NodeUnreachable:
+            raise
+        except TransferError as exc:
+            result.skipped.append(f"{db.path}: collected, but its games not counted: {exc}")
+            continue
         if misrouted := misrouted_games(hint, census):
             result.misrouted[db.path] = misrouted
 
