@@ -566,3 +566,25 @@ def test_union_counts_each_game_once_whatever_writer_format_and_order(records, s
             assert stats["conflicts"] == conflicts and stats["rows"] == len(want)
             tables.add(repr(_tables(fleet_db)))
         assert len(tables) == 1
+
+
+def test_a_ratings_file_lost_on_the_primary_is_copied_back_not_rewritten_from_empty(env) -> None:
+    """Two configs rated; the primary's fleet_ratings.db vanishes behind the catalog's
+    back; rating one config again must keep the other config's rows everywhere."""
+    a = _simulated(200, seed=1)
+    sim = simulate(anchored_strengths("square8_2p", 6, seed=4), 200, seed=5)
+    write_elo_db(env.root / "gpu-1" / ELO_DB, a + match_rows(sim, "square8_2p", id_prefix="sq"))
+    _collect_all(env)
+    for config in ("hex8_2p", "square8_2p"):
+        assert _materialize(elo_ratings, config, env.resources, env.instance).success
+    (env.root / "coord-1" / RATINGS_DB).unlink()
+
+    assert _materialize(elo_ratings, "hex8_2p", env.resources, env.instance).success
+
+    for node in ("coord-1", "store-1"):
+        con = sqlite3.connect(f"file:{env.root / node / RATINGS_DB}?mode=ro", uri=True)
+        configs = {
+            f"{b}_{n}p" for b, n in con.execute("SELECT board_type, num_players FROM ratings")
+        }
+        con.close()
+        assert configs == {"hex8_2p", "square8_2p"}, node

@@ -100,9 +100,11 @@ def _holders(catalog: Catalog, sha256: str, names: set[str]) -> set[str]:
 
 def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Transports) -> None:
     """The primary must hold the current file before a write builds on it: the other
-    configs' rows come from it. Refuse to write when it cannot get there."""
+    configs' rows come from it. Refuse to write when it cannot get there. The primary's
+    copy is looked at on disk (`distribute` confirms a recorded copy first): a file
+    lost behind the catalog's back must be copied again, not written from empty."""
     current = catalog.alias(*RATINGS_ALIAS)
-    if current is None or primary.name in _holders(catalog, current, {primary.name}):
+    if current is None:
         return
     moved = distribute(current, RATINGS_DB, [primary.name], fleet, catalog, transports)
     if primary.name not in _holders(catalog, current, {primary.name}):
