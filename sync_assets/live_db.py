@@ -22,7 +22,12 @@ from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import RemoteFile
 from sync_assets.placement import durable_copies
-from sync_assets.replication import ReplicationResult, confirm_holders, replicate
+from sync_assets.replication import (
+    ReplicationResult,
+    confirm_holders,
+    replicate,
+    unavailable_nodes,
+)
 
 STAGING_DIR = ".fleetsync/snapshots"
 
@@ -31,7 +36,7 @@ STAGING_DIR = ".fleetsync/snapshots"
 class Snapshot:
     sha256: str
     taken: bool  # False: the DB had not changed since the snapshot named here
-    path: str | None = None  # the staging copy on the node, for a snapshot taken now
+    path: str = ""  # the staging copy on the node, for a snapshot taken now
 
 
 def fingerprint(db: RemoteFile, wal: RemoteFile | None) -> str:
@@ -86,6 +91,17 @@ class Settled:
     replication: ReplicationResult = field(default_factory=ReplicationResult)
 
 
+def confirm_originated(
+    node: Node, kind: str, fleet: Fleet, catalog: Catalog, transports: Transports
+) -> ReplicationResult:
+    """Look at the durable copies of every snapshot `node` originated, on disk (one
+    command per holder node, no hashing), before anything is decided from the catalog:
+    an unchanged DB is snapshotted again once no copy of its snapshot is left."""
+    artifacts = catalog.artifacts_frame([kind])
+    mine = artifacts[artifacts["origin_node"] == node.name]
+    return confirm_holders(mine["sha256"], fleet, catalog, transports)
+
+
 def collect_originated(
     node: Node,
     kind: str,
@@ -96,42 +112,40 @@ def collect_originated(
     transports: Transports,
 ) -> Settled:
     """Bring every snapshot `node` originated up to `wanted` durable copies, then remove
-    the node's staging copies of those that have them.
-
-    The durable copies are looked at first (one command per holder node, no hashing):
-    a copy the catalog remembers but the disk lost is dropped and made again from the
-    staging copy, never counted toward deleting it (the disk's word beats the catalog's)."""
+    the node's staging copies of those that have them, confirmed on disk right before
+    (nothing is deleted on the catalog's word)."""
     artifacts = catalog.artifacts_frame([kind])
     mine = artifacts[artifacts["origin_node"] == node.name]
     settled = Settled()
     if mine.empty:
         return settled
-    settled.replication.add(confirm_holders(mine["sha256"], fleet, catalog, transports))
     settled.replication.add(replicate(mine["sha256"], fleet, catalog, transports, target_path))
-    _release_staging(node, mine, kind, wanted, catalog, transports, settled)
+    _release_staging(node, mine, kind, wanted, fleet, catalog, transports, settled)
     return settled
 
 
 def _release_staging(
-    node: Node, mine: pd.DataFrame, kind: str, wanted: int, catalog: Catalog,
+    node: Node, mine: pd.DataFrame, kind: str, wanted: int, fleet: Fleet, catalog: Catalog,
     transports: Transports, settled: Settled,
 ) -> None:  # fmt: skip
-    """Count durable copies of the snapshots `node` originated; where policy is met, the
-    node's own staging copy goes (it was only ever a source), dropped from the catalog
-    in the same step."""
+    """Count durable copies of the snapshots `node` originated; where policy is met by
+    copies looked at on disk just now, on reachable nodes, the node's own staging copy
+    goes (it was only ever a source), dropped from the catalog in the same step."""
     replicas = catalog.replicas_frame([kind])
-    copies = durable_copies(replicas, catalog.nodes_frame())
+    staged = replicas[(replicas["node"] == node.name) & (replicas["state"] == "staging")]
+    releasable = sorted(set(staged["sha256"]) & set(mine["sha256"]))
+    looked = confirm_holders(releasable, fleet, catalog, transports)
+    settled.replication.add(looked)
+    nodes = catalog.nodes_frame()
+    distrusted = unavailable_nodes(nodes, catalog.open_breakers()) | looked.unconfirmed_nodes
+    replicas = catalog.replicas_frame([kind])
+    copies = durable_copies(replicas, nodes[~nodes["name"].isin(distrusted)])
     transport = transports.for_node(node)
     for sha in mine["sha256"]:
         settled.durable_copies[sha] = n = int(copies.get(sha, 0))
         if n < wanted:
             settled.under_replicated.append(sha)
             continue
-        staged = replicas[
-            (replicas["sha256"] == sha)
-            & (replicas["node"] == node.name)
-            & (replicas["state"] == "staging")
-        ]
-        for path in staged["path"]:
+        for path in staged.loc[staged["sha256"] == sha, "path"]:
             transport.remove(node, path)
             catalog.drop_replicas(node.name, [(sha, path)])

@@ -41,6 +41,8 @@ class ReplicationResult:
     failures: list[str] = field(default_factory=list)
     # Catalog replicas found wrong on disk and dropped (the disk's word beats the catalog's).
     findings: list[str] = field(default_factory=list)
+    # Nodes whose recorded copies could not be looked at (their word is unconfirmed).
+    unconfirmed_nodes: set[str] = field(default_factory=set)
     blocked: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def count(self, copied: CopyResult) -> None:
@@ -54,6 +56,7 @@ class ReplicationResult:
         self.seconds += other.seconds
         self.failures += other.failures
         self.findings += other.findings
+        self.unconfirmed_nodes |= other.unconfirmed_nodes
         self.blocked = pd.concat([self.blocked, other.blocked], ignore_index=True)
 
     def note(self, outcome: CopyResult | TransferError) -> None:
@@ -200,6 +203,7 @@ def _confirm_on_disk(
             lost = confirm_replicas(node, catalog, transports.for_node(node), recorded)
         except TransferError as exc:
             result.failures.append(str(exc))
+            result.unconfirmed_nodes.add(str(holder))
             continue
         for r in lost:
             result.findings.append(

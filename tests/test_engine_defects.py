@@ -471,3 +471,45 @@ def test_an_unreachable_primary_does_not_stall_the_merge(tmp_path: Path) -> None
 
     assert second.primary != first.primary
     assert "late" in canonical_ids(root_of(fleet, str(second.primary)) / canonical_path("hex8_2p"))
+
+
+def test_snapshot_copies_lost_behind_the_catalogs_back_are_taken_again_in_one_pass(
+    tmp_path: Path,
+) -> None:
+    """No audit ran: the collection itself looks at the durable copies first, so the
+    unchanged DBs are snapshotted and collected again in the same pass."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    node = fleet.node("gpu-2")
+    collect_node_games(node, fleet, catalog, transports)
+    for name in ("coord-1", "store-1"):
+        shutil.rmtree(root_of(fleet, name) / "games" / "collected" / "gpu-2")
+    again = collect_node_games(node, fleet, catalog, transports)
+    sources = sorted((root_of(fleet, "gpu-2") / "games").glob("*.db"))
+    assert again.snapshots_taken == len(sources) > 0
+    for name in ("coord-1", "store-1"):
+        assert len(list((root_of(fleet, name) / "games/collected/gpu-2").glob("*.db"))) == len(
+            sources
+        )
+
+
+def test_a_staging_copy_is_kept_while_a_durable_copy_cannot_be_looked_at(tmp_path: Path) -> None:
+    """store-1's disk is away (the node still looks reachable): pass 1 copies to coord-1
+    only and keeps the staging copies. Then the catalog is told (a stale row) that
+    store-1 holds them too. Pass 2 cannot look at store-1, so that row never counts
+    toward deleting the node's own staging copies."""
+    fleet, catalog = local_fleet(tmp_path)
+    transports = Transports()
+    node = fleet.node("gpu-2")
+    store = root_of(fleet, "store-1")
+    store.rename(store.with_name("store-1.away"))
+    collect_node_games(node, fleet, catalog, transports)
+    staging = sorted((root_of(fleet, "gpu-2") / ".fleetsync").rglob("*.db.*"))
+    assert staging
+    for sha, _path, size, _ in catalog.replicas_on_node("gpu-2", ["staging"]):
+        catalog.record_replica(sha, "store-1", f"games/collected/gpu-2/{sha}.db", size)
+
+    again = collect_node_games(node, fleet, catalog, transports)
+
+    assert sorted((root_of(fleet, "gpu-2") / ".fleetsync").rglob("*.db.*")) == staging
+    assert again.under_replicated

@@ -43,7 +43,12 @@ from resources.transport.base import (
     TransferError,
 )
 from sync_assets.elo.remote import MATCHES_SCRIPT, NodeScriptFailed, run_script, waiting_lease
-from sync_assets.live_db import Snapshot, collect_originated, snapshot_if_changed
+from sync_assets.live_db import (
+    Snapshot,
+    collect_originated,
+    confirm_originated,
+    snapshot_if_changed,
+)
 from sync_assets.replication import (
     ReplicationResult,
     copy_recorded,
@@ -149,6 +154,7 @@ def collect_node_matches(
     result = MatchesResult(node=node.name)
     catalog.sync_nodes(fleet.nodes)
     transport = transports.for_node(node)
+    result.replication.add(confirm_originated(node, SNAPSHOT_KIND, fleet, catalog, transports))
     db = transport.stat(node, ELO_DB)
     if db is not None:
         result.elo_db = True
@@ -160,7 +166,7 @@ def collect_node_matches(
         node, SNAPSHOT_KIND, fleet.policy.min_replicas.elo, collected_path, fleet, catalog,
         transports,
     )  # fmt: skip
-    result.replication = settled.replication
+    result.replication.add(settled.replication)
     result.durable_copies = {sha[:16]: n for sha, n in settled.durable_copies.items()}
     result.under_replicated = settled.under_replicated
     result.union = union_all(fleet, catalog, transports)

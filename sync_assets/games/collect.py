@@ -22,7 +22,7 @@ from resources.transport import Transports, python_for
 from resources.transport.base import NodeUnreachable, TransferError
 from sync_assets.configs import ConfigKeyError, normalize_config
 from sync_assets.games import merge as merge_module
-from sync_assets.live_db import collect_originated, snapshot_if_changed
+from sync_assets.live_db import collect_originated, confirm_originated, snapshot_if_changed
 from sync_assets.replication import ReplicationResult
 
 SNAPSHOT_KIND = "games_snapshot"
@@ -132,6 +132,7 @@ def collect_node_games(
     transport = transports.for_node(node)
     listing = transport.list(node, "games")
     result.rejected_names = list(listing.rejected)
+    result.replication.add(confirm_originated(node, SNAPSHOT_KIND, fleet, catalog, transports))
     for db in listing.files:
         if not GAME_DB_RE.match(db.path):
             continue
@@ -171,7 +172,7 @@ def collect_node_games(
         node, SNAPSHOT_KIND, fleet.policy.min_replicas.games, collected_path, fleet, catalog,
         transports,
     )  # fmt: skip
-    result.replication = settled.replication
+    result.replication.add(settled.replication)
     artifacts = catalog.artifacts_frame([SNAPSHOT_KIND])
     names = dict(zip(artifacts["sha256"], artifacts["name"], strict=True))
     result.durable_copies = {
