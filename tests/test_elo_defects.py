@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import re
 import sqlite3
 import tempfile
 import uuid
@@ -456,7 +457,9 @@ def _harness_db(path: Path, rows: list[dict], when: Any) -> Path:
             "INSERT INTO match_history (participant_a, participant_b, winner, rankings, worker,"
             " game_id, board_type, num_players, game_length, timestamp)"
             " VALUES (?, ?, ?, NULL, 'w1', ?, 'hex8', 2, ?, ?)",
-            (a, b, seat, r["id"].upper(), r["game_length"], when(r["timestamp"])),
+            # The harness writes UUIDs in upper case: the same identity all the same.
+            (a, b, seat, r["id"].upper() if _UUID_TEXT.match(r["id"]) else r["id"],
+             r["game_length"], when(r["timestamp"])),
         )
     con.commit()
     con.close()
@@ -501,7 +504,7 @@ def _records(draw: st.DrawFn) -> list[tuple]:
     """Rows of a few games, some recorded several times, in several forms: (key, players,
     second, winner, fraction, form, db). Keys come from a small pool, so ids are reused
     for other games and one game may be recorded with different results."""
-    keys = [str(uuid.UUID(int=i + 1)) for i in range(3)]
+    keys = [str(uuid.UUID(int=i + 1)) for i in range(3)] + ["m1", "tourney-7"]
     games = draw(st.lists(st.tuples(
         st.sampled_from(keys), st.sampled_from([(P, Q), (Q, P), (P, R)]),
         st.sampled_from([0, 1, 90]), st.floats(0.0, 0.999),
@@ -513,6 +516,9 @@ def _records(draw: st.DrawFn) -> list[tuple]:
             form = draw(st.sampled_from(["harness", "canonical", "canonical_game_id"]))
             out.append((key, players, second, winner, fraction, form, draw(st.integers(0, 2))))
     return out
+
+
+_UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
 def _write_forms(directory: Path, records: list[tuple]) -> list[Path]:
@@ -543,11 +549,13 @@ def _write_forms(directory: Path, records: list[tuple]) -> list[Path]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=_records(), seed=st.randoms(use_true_random=False))
 def test_union_counts_each_game_once_whatever_writer_format_and_order(records, seed) -> None:
-    """Brute force: a game is (key, players as a set, second); its rows agree → one match
+    """Brute force: a game is (key, players as a set, second), the second left out for a
+    UUID key (one game whatever each writer's clock said); its rows agree → one match
     with that result; they disagree → a conflict, rated for nobody."""
     results: dict[tuple, set] = {}
     for key, players, second, winner, _, _, _ in records:
-        results.setdefault((key, frozenset(players), second), set()).add(winner)
+        when = None if _UUID_TEXT.match(key) else second
+        results.setdefault((key, frozenset(players), when), set()).add(winner)
     want = sorted(
         (key, tuple(sorted(players)), next(iter(w)) or "draw")
         for (key, players, _), w in results.items() if len(w) == 1
@@ -588,3 +596,31 @@ def test_a_ratings_file_lost_on_the_primary_is_copied_back_not_rewritten_from_em
         }
         con.close()
         assert configs == {"hex8_2p", "square8_2p"}, node
+
+
+@pytest.mark.parametrize(
+    ("real_time", "iso_time"),
+    [
+        (1704067200.9996, "2024-01-01T00:00:00+00:00"),  # truncated by one writer only
+        (1704067201.2, "2024-01-01T00:00:00+00:00"),  # two clocks a second apart
+        (1704067200.3, "2024-01-01T00:00:00+00:00"),
+    ],
+)
+def test_one_uuid_game_from_two_writers_is_one_match_whatever_their_clocks(
+    tmp_path: Path, real_time: float, iso_time: str
+) -> None:
+    p, q = "ringrift_best_hex8_2p:gumbel_mcts:b800", "none:heuristic:d2"
+    game = "6f1c2a9e-0000-4000-8000-000000000001"
+    a = _canonical_db(tmp_path / "c.db", [("t-1", [p, q], p, real_time, game)])
+    row = {"participant_ids": [p, q], "winner_id": p, "id": game, "game_length": 40,
+           "timestamp": 0}  # fmt: skip
+    b = _harness_db(tmp_path / "h.db", [row], lambda _t: iso_time)
+    _union(tmp_path / "fleet.db", [a, b])
+    con = sqlite3.connect(tmp_path / "fleet.db")
+    assert con.execute("SELECT count(*) FROM matches").fetchone()[0] == 1
+    con.close()
+    # The same game recorded with the other winner by a clock a second off: a conflict.
+    other = {**row, "winner_id": q}
+    c = _harness_db(tmp_path / "h2.db", [other], lambda _t: "2024-01-01T00:00:01+00:00")
+    stats = _union(tmp_path / "fleet2.db", [a, b, c])
+    assert stats["conflicts"] == 1 and stats["rows"] == 0

@@ -404,9 +404,11 @@ def raw_json(row: dict[str, Any]) -> str:
 
 def event_key(config: str, participants: Sequence[str], timestamp: float | None) -> str:
     """What makes two rows of one match identity the same game: config, who played (in
-    any seat order), when (to the whole second; milliseconds first, so float noise
-    cannot move a whole second down). Not the result: see `fingerprint`."""
-    when = "-" if timestamp is None else str(math.floor(round(timestamp, 3)))
+    any seat order), when (None: a UUID identity names one game whatever each writer's
+    clock said). Time is truncated to the whole second, as SQLite's CURRENT_TIMESTAMP
+    writes it; a microsecond of slack keeps float noise from moving it a second down.
+    Not the result: see `fingerprint`."""
+    when = "-" if timestamp is None else str(math.floor(timestamp + 1e-6))
     body = "\x1f".join([config, "\x1e".join(sorted(participants)), when])
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -449,7 +451,9 @@ def normalise(row: dict[str, Any], table_refs: dict[str, str] | None = None) -> 
         ref = _text(ref) or (table_refs or {}).get(pid)
         if ref:
             refs[pid] = ref.lower() if _HEX64.match(ref.lower()) else ref
-    event = event_key(config, ids, timestamp)
+    # A UUID is one game wherever it was written: two writers' clocks (or one writer's
+    # rounding) must not make it two. Other ids may be reused: time tells them apart.
+    event = event_key(config, ids, None if _UUID.match(key) else timestamp)
     return Match(
         match_key=key,
         key_source=key_source,
