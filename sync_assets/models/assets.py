@@ -8,6 +8,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import Fleet, FleetInventory
 from resources.transport import Transports
+from resources.transport.base import NodeUnreachable
 from sync_assets.elo.standings import standings_for
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
 from sync_assets.models.promotion import Decision, decide_promotion
@@ -135,6 +136,8 @@ def models_promoted(
         register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
     except CandidateRejected as exc:
         return unchanged(Decision(False, str(exc)), rejected=True)
+    except NodeUnreachable as exc:  # decided when the node answers; the promoted one stays
+        return unchanged(Decision(False, f"candidate not checked, its node is unreachable: {exc}"))
     mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
     decision = decide_promotion(
         candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
