@@ -55,12 +55,24 @@ class ExportPolicy(_Strict):
     min_new_games: int = Field(50, ge=1)
 
 
+class RetentionPolicy(_Strict):
+    """What old data may be removed (CONTRACT.md); nothing acts on it yet."""
+
+    dry_run: bool = True
+    shards_keep: int = Field(3, ge=1)
+    candidates_keep: int = Field(5, ge=1)
+    quarantine_days: float = Field(14, ge=0)
+
+
 class Policy(_Strict):
     min_replicas: MinReplicas = MinReplicas()
     disk: DiskPolicy = DiskPolicy()
     idle: IdlePolicy = IdlePolicy()
     export: ExportPolicy = ExportPolicy()
     transfers_per_node: int = Field(2, ge=1)
+    # No successful probe this long (or gone from its provider) -> the node is lost.
+    lost_after_s: float = Field(600, gt=0)
+    retention: RetentionPolicy = RetentionPolicy()
 
 
 class Provider(_Strict):

@@ -31,6 +31,8 @@ policy:                                 # every field optional, defaults shown
   idle: {{enabled: false, gpu_util_below: 10, for_minutes: 30, min_retain: {{}}}}
   export: {{min_new_games: 50}}
   transfers_per_node: 2
+  lost_after_s: 600                     # no successful probe this long -> lost
+  retention: {{dry_run: true, shards_keep: 3, candidates_keep: 5, quarantine_days: 14}}
 nodes:
   - name: gpu-1                         # [A-Za-z0-9_.-]+, unique
     transport: ssh                      # ssh | local
@@ -449,6 +451,21 @@ def test_contract_example_parses_with_defaults_and_normalisation(
     assert fleet.policy.disk == DiskPolicy(
         push_at=0.5, urgent_at=0.7, cleanup_at=0.75, max_target_use=0.7, min_free_gb=20
     )
+    assert fleet.policy.lost_after_s == 600
+    retention = fleet.policy.retention
+    assert (retention.dry_run, retention.shards_keep, retention.candidates_keep) == (True, 3, 5)
+    assert retention.quarantine_days == 14
+
+
+def test_lost_after_and_retention_are_validated_with_located_errors() -> None:
+    policy = "policy:\n  lost_after_s: 0\n  retention: {shards_keep: 0, keep_all: true}\n"
+    text = BASE.replace("nodes:", policy + "nodes:")
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(text)
+    problems = "\n".join(caught.value.problems)
+    assert "policy.lost_after_s" in problems
+    assert "policy.retention.shards_keep" in problems
+    assert "policy.retention.keep_all: unknown field" in problems
 
 
 def test_minimal_file_gets_every_default() -> None:
