@@ -513,3 +513,57 @@ def test_a_staging_copy_is_kept_while_a_durable_copy_cannot_be_looked_at(tmp_pat
 
     assert sorted((root_of(fleet, "gpu-2") / ".fleetsync").rglob("*.db.*")) == staging
     assert again.under_replicated
+
+
+def test_a_canonical_db_fleetsync_did_not_make_is_merged_not_written_over(tmp_path: Path) -> None:
+    """store-1 holds a canonical DB from before fleetsync with games no snapshot has: it
+    is kept aside as a collected snapshot and merged, and no durable node loses them."""
+    fleet, catalog = local_fleet(tmp_path, nodes=4)
+    transports = Transports()
+    legacy = [(f"legacy-{i}", "hex8", 2) for i in range(6)]
+    write_games(root_of(fleet, "store-1") / canonical_path("hex8_2p"), legacy)
+    for node in fleet.nodes:
+        collect_node_games(node, fleet, catalog, transports)
+
+    merged = merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    assert any("did not make" in f for f in merged.moved.findings)
+    want = {g for g, _, _ in legacy}
+    for name in ("coord-1", "store-1"):
+        assert want <= canonical_ids(root_of(fleet, name) / canonical_path("hex8_2p")), name
+    kept = list((root_of(fleet, "store-1") / "games/collected/store-1").glob("canonical_*.db"))
+    assert len(kept) == 1 and canonical_ids(kept[0]) == want
+
+
+def test_a_census_failing_on_one_missing_copy_never_quarantines_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count failed at collection (the node killed it); later one durable copy is
+    gone. The count is made from the other copy, nothing is quarantined, and the games
+    reach canonical."""
+    from sync_assets.games import collect as collect_module
+
+    fleet, catalog = local_fleet(tmp_path, nodes=4)
+    transports = Transports()
+    for node in fleet.nodes:
+        shutil.rmtree(root_of(fleet, node.name) / "games", ignore_errors=True)
+    db = root_of(fleet, "gpu-1") / "games" / "selfplay_hex8_2p.db"
+    write_games(db, [(f"k-{i}", "hex8", 2) for i in range(7)])
+    real = collect_module.count_configs
+
+    def killed(node, path, transports):  # type: ignore[no-untyped-def]
+        raise collect_module.TransferError(f"node {node.name}: {path}: exit 137: Killed")
+
+    monkeypatch.setattr(collect_module, "count_configs", killed)
+    collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
+    monkeypatch.setattr(collect_module, "count_configs", real)
+    for copy in (root_of(fleet, "coord-1") / "games" / "collected").rglob("*.db"):
+        copy.unlink()
+
+    merge_canonical("hex8_2p", fleet, catalog, transports)
+
+    assert catalog.quarantined() == {}
+    primary_db = root_of(fleet, "store-1") / canonical_path("hex8_2p")
+    if not primary_db.exists():
+        primary_db = root_of(fleet, "coord-1") / canonical_path("hex8_2p")
+    assert canonical_ids(primary_db) == complete_games(db, "hex8", 2)

@@ -107,6 +107,9 @@ def merge_canonical(
         primary = _choose_primary(fleet, catalog.replicas_frame(), current, down)
         result.primary = primary.name
         target = canonical_path(config)
+        for node in fleet.durable_nodes:  # before anything may be written over them
+            if node.name not in down:
+                _adopt_if_foreign(node, config, catalog, transports, result)
         base = _version_on(primary, target, catalog, transports)
         if current is not None and base != current:
             # The current version, wherever a copy is left, is the base: never rebuild
@@ -154,6 +157,44 @@ def merge_canonical(
     return result
 
 
+def _adopt_if_foreign(
+    node: Node, config: str, catalog: Catalog, transports: Transports, result: CanonicalResult
+) -> None:
+    """A canonical DB file fleetsync never made (from before fleetsync, or written by a
+    tool) holds games no snapshot may hold: it is copied aside as a collected snapshot,
+    counted and merged like any other, before a new version is written over it
+    (LESSONS 3: a consolidation that replaced a canonical DB lost 235 k games)."""
+    transport = transports.for_node(node)
+    target = canonical_path(config)
+    found = transport.stat(node, target)
+    if found is None:
+        return
+    known = catalog.artifacts_frame([CANONICAL_KIND])
+    known = set(known.loc[known["config"] == config, "sha256"])
+    for sha, path, size, verified_at in catalog.replicas_on_node(node.name, ["verified"]):
+        fresh = found.mtime_ns <= (verified_at + SUSPECT_SLACK_S) * 1e9
+        if path == target and sha in known and size == found.size and fresh:
+            return
+    sha = transport.sha256(node, target)
+    if sha in known:
+        return
+    aside = f"games/collected/{node.name}/canonical_{config}.{sha[:16]}.db"
+    copied = transport.copy_between(node, target, node, aside, sha)
+    catalog.add_artifact(
+        sha, kind=SNAPSHOT_KIND, config=config, name=target, size=copied.size,
+        origin_node=node.name,
+    )  # fmt: skip
+    catalog.record_replica(sha, node.name, aside, copied.size)
+    result.moved.findings.append(
+        f"node {node.name}: {target}: a canonical DB fleetsync did not make; kept as "
+        f"{aside} and merged like a snapshot"
+    )
+    try:
+        record_census(node, aside, sha, catalog, transports)
+    except TransferError as exc:  # counted again before the next merge, or quarantined
+        result.moved.failures.append(f"counting the games of {aside}: {exc}")
+
+
 def _snapshots_for(config: str, fleet: Fleet, catalog: Catalog) -> set[str]:
     """Snapshots holding games of `config`, collected on a durable node, not quarantined."""
     replicas = catalog.replicas_frame([SNAPSHOT_KIND])
@@ -177,14 +218,20 @@ def _count_uncounted(
         replicas["sha256"].isin(uncounted)
         & (replicas["state"] == "verified")
         & replicas["node"].isin(durable)
-    ].drop_duplicates("sha256")
-    for sha, node_name, path in held[["sha256", "node", "path"]].itertuples(index=False):
-        try:
-            record_census(fleet.node(str(node_name)), str(path), str(sha), catalog, transports)
-        except NotAGameDb:
-            continue  # quarantined: never merged, its copies kept
-        except TransferError as exc:
-            moved.failures.append(f"counting the games of {sha[:16]}: {exc}")
+    ]
+    for sha, copies in held.groupby("sha256"):
+        errors = []
+        for node_name, path in copies[["node", "path"]].itertuples(index=False):
+            try:  # one copy's trouble is not the snapshot's: the next copy is tried
+                record_census(fleet.node(str(node_name)), str(path), str(sha), catalog, transports)
+            except NotAGameDb:
+                break  # its verified bytes: quarantined, never merged, its copies kept
+            except TransferError as exc:
+                errors.append(str(exc))
+                continue
+            break
+        else:
+            moved.failures.append(f"counting the games of {str(sha)[:16]}: {'; '.join(errors)}")
 
 
 def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports) -> str | None:

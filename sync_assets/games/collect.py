@@ -99,12 +99,20 @@ def count_configs(node: Node, path: str, transports: Transports) -> Census:
 
 def record_census(node: Node, path: str, sha256: str, catalog: Catalog,
                   transports: Transports) -> Census:  # fmt: skip
-    """Count a snapshot's games and record them; a snapshot that is not a game DB is
-    quarantined (kept, never merged) and NotAGameDb raised. Any other TransferError
-    leaves it uncounted: it is counted again before the next merge."""
+    """Count a snapshot's games and record them. A snapshot whose *verified bytes* are
+    not a game DB is quarantined (kept, never merged) and NotAGameDb raised; a copy that
+    is gone or not those bytes is dropped from the catalog (TransferError: count it from
+    another copy). Any other TransferError leaves it uncounted: counted again later."""
     try:
         census = count_configs(node, path, transports)
     except NotAGameDb as exc:
+        transport = transports.for_node(node)
+        if transport.stat(node, path) is None or transport.sha256(node, path) != sha256:
+            catalog.drop_replicas(node.name, [(sha256, path)])
+            raise TransferError(
+                f"node {node.name}: {path}: copy of {sha256[:16]} is not those bytes; "
+                "dropped from the catalog"
+            ) from exc
         catalog.record_census(sha256, {}, 0)
         catalog.quarantine(sha256, str(exc))
         raise
