@@ -628,6 +628,15 @@ class Catalog(dg.ConfigurableResource):
                 )
             ).scalar()
 
+    def alias_updated_at(self, kind: str, config: str) -> float | None:
+        """When the alias last moved (None: never set)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(aliases.c.updated_at).where(
+                    (aliases.c.kind == kind) & (aliases.c.config == config)
+                )
+            ).scalar()
+
     def aliases_frame(self) -> pd.DataFrame:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(aliases), conn)

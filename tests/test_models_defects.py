@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -199,24 +200,25 @@ def test_stale_candidate_report_never_moves_a_file(fleet_env):
     v2 = overwrite_with_v2(fleet, trainer, path)
     before_disk = files_on_nodes(fleet)
 
-    # The newest report is still v1's: its promotion must not take v2 away.
+    # The newest report is still v1's, decided when v1 was promoted: it is not decided
+    # again, and nothing takes v2 away.
     outcome = promote(resources, instance)
-    assert outcome["promoted"] is False
-    assert f"hashes to {v2}" in outcome["reason"] and "report rejected" in outcome["reason"]
-    assert outcome["checks"]["candidate_report_accepted"] is False
+    assert outcome["promoted"] is False and "no candidate reported" in outcome["reason"]
     assert files_on_nodes(fleet) == before_disk
     assert sha_of(Path(fleet.node(trainer).data_root) / path) == v2
-    # The catalog forgot the v1 copy it had at that path; the durable copies remain.
+    assert promoted_sha(catalog_db) == v1
+
+    # A forged report of the right path with a wrong digest loses nothing either; the
+    # catalog forgets the v1 copy it had at that path, the durable copies remain.
+    forge(instance, trainer, path, "e" * 64, 16384)
+    outcome = promote(resources, instance)
+    assert outcome["promoted"] is False and outcome["checks"]["candidate_report_accepted"] is False
+    assert f"hashes to {v2}" in outcome["reason"] and "report rejected" in outcome["reason"]
+    assert files_on_nodes(fleet) == before_disk
     rows = model_rows(catalog_db)
     assert not {r for r in rows if r[1:] == (trainer, path)}
     assert {r for r in rows if r[0] == v1} == {(v1, n.name, CANONICAL) for n in fleet.durable_nodes}
     assert promoted_sha(catalog_db) == v1
-
-    # A forged report of the right path with a wrong digest loses nothing either.
-    forge(instance, trainer, path, "e" * 64, 16384)
-    outcome = promote(resources, instance)
-    assert outcome["promoted"] is False and outcome["checks"]["candidate_report_accepted"] is False
-    assert files_on_nodes(fleet) == before_disk
 
 
 def test_stale_candidate_row_is_rehashed_before_it_is_a_copy_source(fleet_env):
@@ -294,3 +296,38 @@ def test_candidate_path_rule(lead: str, parts: list[str]) -> None:
         resolved = posixpath.normpath(path)
         assert resolved.startswith("models/")
         assert not posixpath.basename(resolved).lower().startswith("canonical_")
+
+
+def test_an_older_explicit_promotion_is_never_replayed_when_the_newest_report_goes_stale(
+    fleet_env,
+):
+    """A then B promoted explicitly; B's node leaves the inventory, so B's report is no
+    longer valid. The next run must not fall back to A's older report and roll the
+    promoted model back to A."""
+    fleet, resources, instance, catalog_db = fleet_env
+
+    def model(node: str, name: str, byte: int) -> str:
+        path = Path(fleet.node(node).data_root) / "models" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([byte]) * 50_000)
+        return f"models/{name}"
+
+    a = model("train-1", "cand_a.pth", 1)
+    report("candidate", CONFIG, "train-1", a, promote=True, instance=instance,
+           fleet=fleet).raise_for_problems()  # fmt: skip
+    promote(resources, instance)
+    b = model("gpu-1", "cand_b.pth", 2)
+    report("candidate", CONFIG, "gpu-1", b, promote=True, instance=instance,
+           fleet=fleet).raise_for_problems()  # fmt: skip
+    promote(resources, instance)
+    b_sha = sha_of(Path(fleet.node("gpu-1").data_root) / b)
+    assert promoted_sha(catalog_db) == b_sha
+
+    fleet_file = Path(resources["inventory"].path)
+    doc = yaml.safe_load(fleet_file.read_text())
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] != "gpu-1"]
+    fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    outcome = promote(resources, instance)
+
+    assert outcome["promoted"] is False
+    assert promoted_sha(catalog_db) == b_sha

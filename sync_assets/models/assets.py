@@ -42,16 +42,24 @@ RECENT_REPORTS = 20
 
 
 def _latest_candidate(
-    instance: dg.DagsterInstance, config: str, fleet: Fleet, log: logging.Logger
+    instance: dg.DagsterInstance,
+    config: str,
+    fleet: Fleet,
+    log: logging.Logger,
+    decided_at: float | None,
 ) -> Candidate | Rejected | None:
-    """The newest *valid* report among the recent ones: a garbage event posted straight
-    to the webserver must not hide a good candidate reported just before it."""
+    """The newest *valid* report among the recent ones made after the last promotion
+    (`decided_at`): a garbage event posted straight to the webserver must not hide a
+    good candidate reported just before it, and a report decided before must never be
+    decided again (an older explicit promotion would roll the model back)."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=CANDIDATE, asset_partitions=[config]),
         limit=RECENT_REPORTS,
     ).records
     newest_rejection: Rejected | None = None
     for record in records:
+        if decided_at is not None and record.timestamp <= decided_at:
+            break  # newest first: everything from here on was there at the last promotion
         found = candidate_from_event(record.event_log_entry, fleet, log)
         if isinstance(found, Candidate):
             return found
@@ -125,7 +133,8 @@ def models_promoted(
             **transfer_metadata(kept.moved),
         )  # fmt: skip
 
-    candidate = _latest_candidate(context.instance, config, fleet, context.log)
+    decided_at = catalog.alias_updated_at(PROMOTED_ALIAS, config)
+    candidate = _latest_candidate(context.instance, config, fleet, context.log, decided_at)
     if candidate is None:
         return unchanged(Decision(False, "no candidate reported for this config"))
     if isinstance(candidate, Rejected):
