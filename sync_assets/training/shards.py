@@ -29,7 +29,13 @@ from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from sync_assets.games.canonical import CANONICAL_KIND
 from sync_assets.placement import durable_copies
-from sync_assets.replication import ReplicationResult, confirm_holders, distribute, replicate
+from sync_assets.replication import (
+    ReplicationResult,
+    confirm_holders,
+    distribute,
+    replicate,
+    unavailable_nodes,
+)
 from sync_assets.training.remote import rename_on_node
 
 NPZ_KIND = "npz"
@@ -132,9 +138,15 @@ def _publish(exported: ExportResult, node: Node, catalog: Catalog, transports: T
 
 
 def _has_verified_copy(catalog: Catalog, sha256: str) -> bool:
-    """A shard whose every copy was lost is exported again, even from an unchanged DB."""
+    """A shard with no copy left that can serve (verified, on an active node that
+    answers) is exported again, even from an unchanged DB."""
     replicas = catalog.replicas_frame([NPZ_KIND])
-    return bool(((replicas["sha256"] == sha256) & (replicas["state"] == "verified")).any())
+    nodes = catalog.nodes_frame()
+    serving = set(nodes.loc[nodes["state"] == "active", "name"]) - unavailable_nodes(
+        nodes, catalog.open_breakers()
+    )
+    mine = replicas[(replicas["sha256"] == sha256) & (replicas["state"] == "verified")]
+    return bool(mine["node"].isin(serving).any())
 
 
 def _durable_copies(catalog: Catalog, sha256: str) -> int:
