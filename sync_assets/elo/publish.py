@@ -100,14 +100,19 @@ def _holders(catalog: Catalog, sha256: str, names: set[str]) -> set[str]:
 
 def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Transports) -> None:
     """The primary must hold the current file before a write builds on it: the other
-    configs' rows come from it. Refuse to write when it cannot get there. The primary's
-    copy is looked at on disk (`distribute` confirms a recorded copy first): a file
-    lost behind the catalog's back must be copied again, not written from empty."""
+    configs' rows come from it. Refuse to write while a copy exists that cannot be
+    brought there. The primary's copy is looked at on disk (`distribute` confirms a
+    recorded copy first): a file lost behind the catalog's back is copied again, not
+    written from empty, unless no copy is left anywhere."""
     current = catalog.alias(*RATINGS_ALIAS)
     if current is None:
         return
     moved = distribute(current, RATINGS_DB, [primary.name], fleet, catalog, transports)
-    if primary.name not in _holders(catalog, current, {primary.name}):
+    if primary.name in _holders(catalog, current, {primary.name}):
+        return
+    # Every copy looked for and gone: ratings are derived data, rebuilt config by config
+    # from the matches, so starting from an empty file loses nothing that still exists.
+    if catalog.has_copy(current):
         raise TransferError(
             f"node {primary.name}: cannot get the current {RATINGS_DB} ({current[:16]}) here "
             f"({'; '.join(moved.failures) or 'no reachable copy'}); not writing ratings, "
