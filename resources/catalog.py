@@ -359,13 +359,16 @@ class Catalog(dg.ConfigurableResource):
         return len(replicas_at)
 
     def replicas_on_node(
-        self, node: str, states: Sequence[str]
+        self, node: str, states: Sequence[str], paths: Sequence[str] | None = None
     ) -> Sequence[sa.Row[str, str, int, float]]:
-        """The node's replicas in those states: (sha256, path, size, verified_at) rows."""
+        """The node's replicas in those states (at those paths, if given; the index on
+        (node, path) serves it): (sha256, path, size, verified_at) rows."""
         r = replicas
         query = sa.select(r.c.sha256, r.c.path, r.c.size, r.c.verified_at).where(
             (r.c.node == node) & r.c.state.in_(list(states))
         )
+        if paths is not None:
+            query = query.where(r.c.path.in_(list(paths)))
         with self.engine.connect() as conn:
             return conn.execute(query).all()
 
@@ -596,14 +599,6 @@ class Catalog(dg.ConfigurableResource):
         query = sa.select(c.c.snapshot_sha256).where((c.c.config == config) & (c.c.games > 0))
         with self.engine.connect() as conn:
             return set(conn.scalars(query))
-
-    def census_frame(self, shas: Sequence[str]) -> pd.DataFrame:
-        """snapshot_sha256, config, games of the given snapshots."""
-        query = sa.select(snapshot_configs).where(
-            snapshot_configs.c.snapshot_sha256.in_(list(shas))
-        )
-        with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
 
     def quarantine(self, sha256: str, reason: str) -> None:
         """Mark an artifact unusable (idempotent: the first reason stays)."""

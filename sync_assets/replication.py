@@ -131,9 +131,10 @@ def _confirm_sources(
         return results
     transport = transports.for_node(src)
     wanted = {(item.sha256, item.src_path) for _, item in failed}
+    paths = sorted({path for _, path in wanted})
     recorded = [
         AuditedReplica(sha, path, size, None)
-        for sha, path, size, _ in catalog.replicas_on_node(src.name, AUDITED_STATES)
+        for sha, path, size, _ in catalog.replicas_on_node(src.name, AUDITED_STATES, paths)
         if (sha, path) in wanted
     ]
     try:

@@ -107,10 +107,14 @@ def merge_canonical(
         primary = _choose_primary(fleet, catalog.replicas_frame(), current, down)
         result.primary = primary.name
         target = canonical_path(config)
-        for node in fleet.durable_nodes:  # before anything may be written over them
-            if node.name not in down:
-                _adopt_if_foreign(node, config, catalog, transports, result)
-        base = _version_on(primary, target, catalog, transports)
+        known = catalog.artifacts_frame([CANONICAL_KIND])
+        known = set(known.loc[known["config"] == config, "sha256"])
+        versions = {  # before anything may be written over them
+            node.name: _adopt_if_foreign(node, config, known, catalog, transports, result)
+            for node in fleet.durable_nodes
+            if node.name not in down
+        }
+        base = versions[primary.name]
         if current is not None and base != current:
             # The current version, wherever a copy is left, is the base: never rebuild
             # from snapshots what a copy still holds.
@@ -158,26 +162,23 @@ def merge_canonical(
 
 
 def _adopt_if_foreign(
-    node: Node, config: str, catalog: Catalog, transports: Transports, result: CanonicalResult
-) -> None:
-    """A canonical DB file fleetsync never made (from before fleetsync, or written by a
-    tool) holds games no snapshot may hold: it is copied aside as a collected snapshot,
-    counted and merged like any other, before a new version is written over it
-    (LESSONS 3: a consolidation that replaced a canonical DB lost 235 k games)."""
+    node: Node,
+    config: str,
+    known: set[str],
+    catalog: Catalog,
+    transports: Transports,
+    result: CanonicalResult,
+) -> str | None:
+    """The version (SHA-256) of the canonical DB file on `node`, None when there is none.
+    A file fleetsync never made (from before fleetsync, or written by a tool) holds
+    games no snapshot may hold: it is copied aside as a collected snapshot, counted and
+    merged like any other, before a new version is written over it (LESSONS 3: a
+    consolidation that replaced a canonical DB lost 235 k games)."""
     transport = transports.for_node(node)
     target = canonical_path(config)
-    found = transport.stat(node, target)
-    if found is None:
-        return
-    known = catalog.artifacts_frame([CANONICAL_KIND])
-    known = set(known.loc[known["config"] == config, "sha256"])
-    for sha, path, size, verified_at in catalog.replicas_on_node(node.name, ["verified"]):
-        fresh = found.mtime_ns <= (verified_at + SUSPECT_SLACK_S) * 1e9
-        if path == target and sha in known and size == found.size and fresh:
-            return
-    sha = transport.sha256(node, target)
-    if sha in known:
-        return
+    sha = _version_on(node, target, catalog, transports)
+    if sha is None or sha in known:
+        return sha
     aside = f"games/collected/{node.name}/canonical_{config}.{sha[:16]}.db"
     copied = transport.copy_between(node, target, node, aside, sha)
     catalog.add_artifact(
@@ -193,6 +194,7 @@ def _adopt_if_foreign(
         record_census(node, aside, sha, catalog, transports)
     except TransferError as exc:  # counted again before the next merge, or quarantined
         result.moved.failures.append(f"counting the games of {aside}: {exc}")
+    return sha
 
 
 def _snapshots_for(config: str, fleet: Fleet, catalog: Catalog) -> set[str]:
@@ -242,8 +244,7 @@ def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports)
     found = transport.stat(node, path)
     recorded = [
         (sha, size, verified_at)
-        for sha, rpath, size, verified_at in catalog.replicas_on_node(node.name, ["verified"])
-        if rpath == path
+        for sha, _, size, verified_at in catalog.replicas_on_node(node.name, ["verified"], [path])
     ]
     if found is None:
         catalog.drop_replicas(node.name, [(sha, path) for sha, _, _ in recorded])
