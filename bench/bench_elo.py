@@ -33,8 +33,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sync_assets.demo.synth_elo import anchored_strengths, simulate  # noqa: E402
 from sync_assets.elo.ratings import decompose, fit_ratings  # noqa: E402
-from sync_assets.elo.synth import anchored_strengths, simulate  # noqa: E402
 
 BENCH_DOC = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## Elo ratings"

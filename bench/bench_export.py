@@ -43,12 +43,12 @@ import numpy as np  # noqa: E402
 
 from resources.catalog import Catalog  # noqa: E402
 from resources.exporter import Exporter  # noqa: E402
-from resources.inventory import Fleet, parse_inventory  # noqa: E402
 from resources.transport import Transports  # noqa: E402
 from resources.transport.local import sha256_file  # noqa: E402
+from sync_assets.demo.synth_games import generate_game_db  # noqa: E402
+from sync_assets.fleet.inventory import Fleet, parse_inventory  # noqa: E402
 from sync_assets.games.canonical import CANONICAL_KIND, canonical_path  # noqa: E402
 from sync_assets.games.merge import merge_snapshots  # noqa: E402
-from sync_assets.games.synth import generate_game_db  # noqa: E402
 from sync_assets.training.export_reference import export  # noqa: E402
 from sync_assets.training.shards import export_npz  # noqa: E402
 

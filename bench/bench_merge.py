@@ -37,9 +37,9 @@ from typing import TypeVar
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sync_assets.demo.synth_games import GameSpec, make_specs, strip_keys, write_game_db  # noqa: E402
 from sync_assets.games.merge import merge_snapshots  # noqa: E402
 from sync_assets.games.schema import GAME_TABLES, open_game_db  # noqa: E402
-from sync_assets.games.synth import GameSpec, make_specs, strip_keys, write_game_db  # noqa: E402
 
 CONFIG = "hex8_2p"
 SHARED_FRACTION = 0.10

@@ -59,14 +59,14 @@ sys.path.insert(0, str(REPO))
 from resources.catalog import Catalog  # noqa: E402
 from resources.catalog import artifacts as artifacts_table  # noqa: E402
 from resources.catalog import replicas as replicas_table  # noqa: E402
-from resources.inventory import Fleet, Node  # noqa: E402
 from resources.transport import Transports  # noqa: E402
 from resources.transport import ssh as ssh_module  # noqa: E402
 from resources.transport.base import CopyItem, CopyResult, ExecResult  # noqa: E402
 from resources.transport.ssh import SshTransport  # noqa: E402
-from sync_assets.audit import AuditResult, audit_nodes  # noqa: E402
-from sync_assets.replication import replicate  # noqa: E402
-from sync_assets.sshd_fleet import SshdFleet  # noqa: E402
+from sync_assets.demo.sshd_fleet import SshdFleet  # noqa: E402
+from sync_assets.engine.audit import AuditResult, audit_nodes  # noqa: E402
+from sync_assets.engine.replication import replicate  # noqa: E402
+from sync_assets.fleet.inventory import Fleet, Node  # noqa: E402
 
 BENCH_DOC = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## Transfers"

@@ -24,8 +24,8 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from sync_assets.breaker import BreakerState, after_failure, after_success
-from sync_assets.breaker import status as breaker_status
+from sync_assets.engine.breaker import BreakerState, after_failure, after_success
+from sync_assets.engine.breaker import status as breaker_status
 
 SCHEMA_VERSION = 2
 
@@ -177,7 +177,7 @@ aliases = sa.Table(
 )
 
 
-# Per-node circuit breakers: they must outlive runs, so they live here (sync_assets.breaker).
+# Per-node circuit breakers: they must outlive runs, so they live here (sync_assets.engine.breaker).
 breakers = sa.Table(
     "breakers",
     metadata,

@@ -33,12 +33,12 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import TransferError
 from resources.transport.paths import STAGING_PREFIX
+from sync_assets.engine.replication import ReplicationResult, distribute, unavailable_nodes
+from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.canonical import CANONICAL_KIND, canonical_path
-from sync_assets.replication import ReplicationResult, distribute, unavailable_nodes
 from sync_assets.training import export_reference, npz_check
 from sync_assets.training.remote import RemoteFailed, bundle, make_dirs, run_program
 

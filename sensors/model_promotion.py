@@ -10,7 +10,8 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import FleetInventory, InventoryError
+from resources.inventory import FleetInventory
+from sync_assets.fleet.inventory import InventoryError, load_fleet
 from sync_assets.models.publish import PROMOTED_ALIAS, canonical_model_path
 
 
@@ -34,7 +35,7 @@ def model_promotion(
     context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
 ) -> dg.SensorResult | dg.SkipReason:
     try:
-        fleet = inventory.load()
+        fleet = load_fleet(inventory)
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
     aliases = catalog.aliases_frame()

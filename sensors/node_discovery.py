@@ -11,7 +11,8 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import FleetInventory, InventoryError
+from resources.inventory import FleetInventory
+from sync_assets.fleet.inventory import InventoryError, load_fleet
 from sync_assets.partitions import NODES, nodes_partitions
 
 BATCH = 50  # partitions added or removed per tick: steady, never churned
@@ -43,7 +44,7 @@ def node_discovery(
     context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
 ) -> dg.SensorResult | dg.SkipReason:
     try:
-        fleet = inventory.load()
+        fleet = load_fleet(inventory)
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
     current = context.instance.get_dynamic_partitions(NODES)

@@ -4,7 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import FleetInventory, InventoryError
+from resources.inventory import FleetInventory
+from sync_assets.fleet.inventory import InventoryError, load_fleet
 
 NPZ_ALIAS = "npz"
 
@@ -33,7 +34,7 @@ def training_trigger(
     context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
 ) -> dg.SensorResult | dg.SkipReason:
     try:
-        fleet = inventory.load()
+        fleet = load_fleet(inventory)
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
     aliases = catalog.aliases_frame()

@@ -12,7 +12,7 @@ __all__ = ["report"]
 
 def __getattr__(name: str) -> Any:
     if name == "report":
-        from sync_assets.reporting import report
+        from sync_assets.cli.report import report
 
         return report
     raise AttributeError(f"module 'sync_assets' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from sync_assets.replication import ReplicationResult
+from sync_assets.engine.replication import ReplicationResult
 
 _COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
 

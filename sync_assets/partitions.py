@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.inventory import load_inventory
-from sync_assets.configs import STANDARD_CONFIGS
+from sync_assets.fleet.configs import STANDARD_CONFIGS
+from sync_assets.fleet.inventory import load_inventory
 
 # Filled from the inventory by the `node_discovery` sensor (and `fleetsync sync`).
 NODES = "nodes"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_assets.sshd_fleet import SshdFleet
+from sync_assets.demo.sshd_fleet import SshdFleet
 
 SURVIVOR_GRACE_S = 10.0
 

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from resources.inventory import Fleet, Node
+from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.canonical import canonical_path
 
 

@@ -7,10 +7,10 @@ import sys
 import dagster as dg
 from pydantic import PrivateAttr
 
-from resources.inventory import Node
 from resources.transport.base import CopyItem, CopyResult, TransferError, Transport
 from resources.transport.local import LocalTransport
 from resources.transport.ssh import SshTransport
+from sync_assets.fleet.inventory import Node
 
 
 def python_for(node: Node) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resources.inventory import Node
+    from sync_assets.fleet.inventory import Node
 
 
 class TransferError(RuntimeError):

@@ -36,7 +36,7 @@ from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath,
 from resources.transport.sqlite_snapshot import SnapshotError, snapshot
 
 if TYPE_CHECKING:
-    from resources.inventory import Node
+    from sync_assets.fleet.inventory import Node
 
 CHUNK_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

@@ -60,7 +60,7 @@ from resources.transport.paths import (
 )
 
 if TYPE_CHECKING:
-    from resources.inventory import Node
+    from sync_assets.fleet.inventory import Node
 
 SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
 # The agent runs on the system interpreter when there is one: `python3` on PATH may be

@@ -31,6 +31,7 @@ from sync_assets.elo.publish import (
     recompute_ratings,
 )
 from sync_assets.elo.ratings import DEFAULT_ANCHORS
+from sync_assets.fleet.inventory import load_fleet
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
 from sync_assets.partitions import configs_partitions, nodes_partitions
 from sync_assets.retries import NETWORK_RETRY
@@ -64,7 +65,7 @@ def elo_matches(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     try:
         collected = collect_node_matches(node, fleet, catalog, transports)
@@ -209,7 +210,7 @@ def elo_ratings(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     config = context.partition_key
     try:
         result = recompute_ratings(config, fleet, catalog, transports)
@@ -297,7 +298,7 @@ def elo_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     result = publish_on_node(node, fleet, catalog, transports)
     raise_on_failures(result.moved, f"node {node.name}: publishing {RATINGS_DB}")

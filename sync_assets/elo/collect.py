@@ -33,7 +33,6 @@ from typing import Any
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import (
     CopyItem,
@@ -43,17 +42,18 @@ from resources.transport.base import (
     TransferError,
 )
 from sync_assets.elo.remote import MATCHES_SCRIPT, NodeScriptFailed, run_script, waiting_lease
-from sync_assets.live_db import (
+from sync_assets.engine.live_db import (
     Snapshot,
     collect_originated,
     confirm_originated,
     snapshot_if_changed,
 )
-from sync_assets.replication import (
+from sync_assets.engine.replication import (
     ReplicationResult,
     copy_recorded,
     unavailable_nodes,
 )
+from sync_assets.fleet.inventory import Fleet, Node
 
 ELO_DB = "elo/unified_elo.db"
 MATCHES_DB = "elo/fleet_matches.db"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from sync_assets.configs import ConfigKeyError, normalize_config, split_config
+from sync_assets.fleet.configs import ConfigKeyError, normalize_config, split_config
 
 NO_MODEL = "none"  # baselines (random, heuristic) carry no weights
 # DATA.md's file names that hold one version after another (matches.py has the same rule).

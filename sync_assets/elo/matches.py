@@ -99,7 +99,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Duplicated from sync_assets.configs on purpose: this file must stay import-free.
+# Duplicated from sync_assets.fleet.configs on purpose: this file must stay import-free.
 _BOARD_ALIASES = {
     "hex8": "hex8",
     "square8": "square8",

@@ -26,7 +26,6 @@ from typing import Any
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import TransferError
 from sync_assets.elo.collect import MATCHES_DB, UnionResult, union_all
@@ -34,7 +33,8 @@ from sync_assets.elo.identity import Identity, Selection, select_matches
 from sync_assets.elo.ratings import DEFAULT_ANCHORS, decompose, fit_ratings
 from sync_assets.elo.ratings_db import COLUMNS, READ_ONLY
 from sync_assets.elo.remote import MATCHES_SCRIPT, RATINGS_DB_SCRIPT, run_script, waiting_lease
-from sync_assets.replication import ReplicationResult, distribute, unavailable_nodes
+from sync_assets.engine.replication import ReplicationResult, distribute, unavailable_nodes
+from sync_assets.fleet.inventory import Fleet, Node
 
 RATINGS_DB = "elo/fleet_ratings.db"
 RATINGS_KIND = "elo_ratings"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from resources.catalog import Catalog, LeaseHeld
-from resources.inventory import Node
 from resources.transport import Transports, python_for
 from resources.transport.base import TransferError
 from sync_assets.elo import matches, ratings_db
+from sync_assets.fleet.inventory import Node
 
 MATCHES_SCRIPT = Path(matches.__file__).read_bytes()
 RATINGS_DB_SCRIPT = Path(ratings_db.__file__).read_bytes()

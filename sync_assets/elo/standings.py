@@ -8,10 +8,10 @@ hash (`identity.py`) — through the pure `ratings.rating_of`.
 from __future__ import annotations
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet
 from resources.transport import Transports
 from sync_assets.elo.publish import read_ratings
 from sync_assets.elo.ratings import rating_of
+from sync_assets.fleet.inventory import Fleet
 from sync_assets.models.promotion import Standing
 
 

@@ -5,6 +5,7 @@ import dagster as dg
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets.fleet.inventory import load_fleet
 from sync_assets.fleet.probe import probe_and_record
 from sync_assets.partitions import nodes_partitions
 from sync_assets.retries import NETWORK_RETRY
@@ -27,7 +28,7 @@ def node_status(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     catalog.sync_nodes(fleet.nodes)
     probe = probe_and_record(node, catalog, transports)

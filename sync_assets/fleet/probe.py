@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from resources.catalog import Catalog
-from resources.inventory import Node
 from resources.transport import Transports
 from resources.transport.base import NodeProbe
+from sync_assets.fleet.inventory import Node
 
 
 def probe_and_record(node: Node, catalog: Catalog, transports: Transports) -> NodeProbe:

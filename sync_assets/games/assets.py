@@ -6,6 +6,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets.fleet.inventory import load_fleet
 from sync_assets.games.canonical import merge_canonical
 from sync_assets.games.collect import collect_node_games
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
@@ -36,7 +37,7 @@ def games_selfplay(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     collected = collect_node_games(node, fleet, catalog, transports)
     raise_on_failures(collected.replication, f"node {node.name}: collecting games")
@@ -97,7 +98,7 @@ def games_canonical(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     config = context.partition_key
     merged = merge_canonical(config, fleet, catalog, transports)
     moved = merged.moved

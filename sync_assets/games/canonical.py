@@ -29,23 +29,23 @@ from typing import Any
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports, python_for, sqlite_snapshot
 from resources.transport.base import TransferError
-from sync_assets.audit import SUSPECT_SLACK_S
+from sync_assets.engine.audit import SUSPECT_SLACK_S
+from sync_assets.engine.replication import (
+    ReplicationResult,
+    confirm_holders,
+    gather,
+    replicate,
+    unavailable_nodes,
+)
+from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.collect import (
     MERGE_SOURCE,
     SNAPSHOT_KIND,
     NotAGameDb,
     collected_path,
     record_census,
-)
-from sync_assets.replication import (
-    ReplicationResult,
-    confirm_holders,
-    gather,
-    replicate,
-    unavailable_nodes,
 )
 
 CANONICAL_KIND = "games_canonical"

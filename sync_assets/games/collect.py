@@ -17,13 +17,13 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports, python_for
 from resources.transport.base import NodeUnreachable, TransferError
-from sync_assets.configs import ConfigKeyError, normalize_config
+from sync_assets.engine.live_db import collect_originated, confirm_originated, snapshot_if_changed
+from sync_assets.engine.replication import ReplicationResult
+from sync_assets.fleet.configs import ConfigKeyError, normalize_config
+from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games import merge as merge_module
-from sync_assets.live_db import collect_originated, confirm_originated, snapshot_if_changed
-from sync_assets.replication import ReplicationResult
 
 SNAPSHOT_KIND = "games_snapshot"
 MERGE_SOURCE = Path(merge_module.__file__).read_bytes()

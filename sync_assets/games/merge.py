@@ -213,7 +213,7 @@ _FINGERPRINT_FIELDS = ("move_number", "player", "move_type", "move_json")
 # Child tables a game is complete without: their bad rows are dropped, not the game.
 _OPTIONAL_TABLES = ("game_players", "game_initial_state", "game_state_snapshots")
 
-# Duplicated from sync_assets.configs on purpose: this file must stay import-free.
+# Duplicated from sync_assets.fleet.configs on purpose: this file must stay import-free.
 _BOARD_ALIASES = {
     "hex8": "hex8",
     "square8": "square8",

@@ -6,10 +6,12 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, FleetInventory
+from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import NodeUnreachable
+from sync_assets.cli.report import Candidate, Rejected, candidate_from_event
 from sync_assets.elo.standings import standings_for
+from sync_assets.fleet.inventory import Fleet, load_fleet
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
 from sync_assets.models.promotion import Decision, decide_promotion
 from sync_assets.models.publish import (
@@ -19,7 +21,6 @@ from sync_assets.models.publish import (
     register_candidate,
 )
 from sync_assets.partitions import configs_partitions, nodes_partitions
-from sync_assets.reporting import Candidate, Rejected, candidate_from_event
 from sync_assets.retries import NETWORK_RETRY
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])
@@ -88,7 +89,7 @@ def models_promoted(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     config = context.partition_key
     promoted_sha = catalog.alias(PROMOTED_ALIAS, config)
     wanted = fleet.policy.min_replicas.models
@@ -194,7 +195,7 @@ def models_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     rows = []
     changed: list[str] = []  # candidate copies found overwritten, dropped as sources

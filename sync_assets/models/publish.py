@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resources.catalog import Catalog
-from resources.inventory import Fleet, Node
 from resources.transport import Transports
 from resources.transport.base import NodeUnreachable, TransferError, Transport
 from resources.transport.paths import UnsafePathError, safe_relpath
-from sync_assets.replication import ReplicationResult, distribute
+from sync_assets.engine.replication import ReplicationResult, distribute
+from sync_assets.fleet.inventory import Fleet, Node
 
 MODEL_KIND = "model"
 PROMOTED_ALIAS = "model_promoted"

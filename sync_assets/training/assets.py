@@ -7,6 +7,7 @@ from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import TransferError
+from sync_assets.fleet.inventory import load_fleet
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
 from sync_assets.partitions import configs_partitions, nodes_partitions
 from sync_assets.retries import NETWORK_RETRY
@@ -41,7 +42,7 @@ def training_npz(
     transports: Transports,
     exporter: Exporter,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     config = context.partition_key
     try:
         done = export_npz(config, fleet, catalog, transports, exporter)
@@ -113,7 +114,7 @@ def training_npz_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     node = fleet.node(context.partition_key)
     placed = place_on_node(node, fleet, catalog, transports)
     raise_on_failures(placed.moved, f"node {node.name}: placing shards")

@@ -15,10 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from resources.inventory import Node
 from resources.transport import Transports, python_for
 from resources.transport.base import TransferError
 from resources.transport.paths import safe_relpath
+from sync_assets.fleet.inventory import Node
 
 # Renames within the data root: atomic (same filesystem), creates the target directory.
 _RENAME = (

@@ -25,17 +25,17 @@ import pandas as pd
 
 from resources.catalog import Catalog
 from resources.exporter import Exporter, ExportResult
-from resources.inventory import Fleet, Node
 from resources.transport import Transports
-from sync_assets.games.canonical import CANONICAL_KIND
-from sync_assets.placement import durable_copies
-from sync_assets.replication import (
+from sync_assets.engine.placement import durable_copies
+from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
     distribute,
     replicate,
     unavailable_nodes,
 )
+from sync_assets.fleet.inventory import Fleet, Node
+from sync_assets.games.canonical import CANONICAL_KIND
 from sync_assets.training.remote import rename_on_node
 
 NPZ_KIND = "npz"

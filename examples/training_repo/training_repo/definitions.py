@@ -16,8 +16,9 @@ from pathlib import Path
 import dagster as dg
 
 from resources.inventory import FleetInventory
+from sync_assets.cli.report import validate_report
+from sync_assets.fleet.inventory import load_fleet
 from sync_assets.partitions import configs_partitions
-from sync_assets.reporting import validate_report
 from training_repo.train import ShardError, inputs_of, publish, train
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])
@@ -42,7 +43,7 @@ class TrainConfig(dg.Config):
 def candidate(
     context: dg.AssetExecutionContext, config: TrainConfig, inventory: FleetInventory
 ) -> dg.MaterializeResult:
-    fleet = inventory.load()
+    fleet = load_fleet(inventory)
     key = context.partition_key
     shard_rel = f"training/{key}.npz"
     skipped: list[str] = []

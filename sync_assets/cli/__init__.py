@@ -1,0 +1,1 @@
+"""The `fleetsync` command line: check, status, demo, report."""

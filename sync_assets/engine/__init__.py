@@ -1,0 +1,1 @@
+"""The replication engine: placement planner, copies, audits, live-DB snapshots, breakers."""
