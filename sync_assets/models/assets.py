@@ -9,7 +9,6 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import NodeUnreachable
-from sync_assets.cli.report import Candidate, Rejected, candidate_from_event
 from sync_assets.elo.standings import standings_for
 from sync_assets.fleet.inventory import Fleet, load_fleet
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
@@ -21,6 +20,7 @@ from sync_assets.models.publish import (
     register_candidate,
 )
 from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.reports import Candidate, Rejected, candidate_from_event
 from sync_assets.retries import NETWORK_RETRY
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])

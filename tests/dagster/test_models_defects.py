@@ -26,7 +26,7 @@ from resources.catalog import Catalog
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from sync_assets.cli.report import Rejected, candidate_from_event, report
+from sync_assets.cli.report import report
 from sync_assets.demo.pipeline import build_demo_fleet, write_candidate
 from sync_assets.fleet.inventory import Fleet, load_inventory
 from sync_assets.models.assets import models_on_node, models_promoted
@@ -36,6 +36,7 @@ from sync_assets.models.publish import (
     place_promoted,
     register_candidate,
 )
+from sync_assets.reports import Rejected, candidate_from_event
 
 CONFIG = "hex8_2p"
 CANONICAL = f"models/canonical_{CONFIG}.pth"

@@ -24,17 +24,17 @@ import dagster as dg
 import pytest
 import yaml
 
-from sync_assets.cli.report import (
+from sync_assets.cli.report import report
+from sync_assets.fleet.inventory import Fleet, load_inventory
+from sync_assets.reports import (
     ASSET_KEYS,
     Candidate,
     Rejected,
     ReportPayload,
     candidate_from_event,
-    report,
     report_from_event,
     validate_report,
 )
-from sync_assets.fleet.inventory import Fleet, load_inventory
 from tests.deployment.test_webserver import free_port, graphql
 
 REPO = Path(__file__).resolve().parents[2]

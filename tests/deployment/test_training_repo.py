@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from resources.inventory import FleetInventory
-from sync_assets.cli.report import Candidate, ReportRequest, candidate_from_event, verify_on_node
+from sync_assets.cli.report import verify_on_node
 from sync_assets.fleet.inventory import load_inventory
 from sync_assets.partitions import configs_partitions
+from sync_assets.reports import Candidate, ReportRequest, candidate_from_event
 from tests.deployment.test_report import (
     MODEL_BYTES,
     REPO,

@@ -16,9 +16,9 @@ from pathlib import Path
 import dagster as dg
 
 from resources.inventory import FleetInventory
-from sync_assets.cli.report import validate_report
 from sync_assets.fleet.inventory import load_fleet
 from sync_assets.partitions import configs_partitions
+from sync_assets.reports import validate_report
 from training_repo.train import ShardError, inputs_of, publish, train
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])
