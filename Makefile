@@ -26,8 +26,11 @@ demo: venv
 dev: demo
 	FLEETSYNC_FLEET=$(DEMO_DIR)/fleet.yaml $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# Import contracts first (pyproject.toml [tool.importlinter]): a layering break fails in
+# a second, before the suite runs.
 test: venv system-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/pytest -q
 
 bench: venv system-deps
@@ -42,4 +45,5 @@ clean:
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/mypy sync_assets resources sensors
