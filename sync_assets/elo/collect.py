@@ -35,13 +35,12 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.transport import Transports
 from resources.transport.base import (
-    CopyItem,
-    CopyResult,
     NodeUnreachable,
     RemoteFile,
     TransferError,
 )
 from sync_assets.elo.remote import MATCHES_SCRIPT, NodeScriptFailed, run_script, waiting_lease
+from sync_assets.engine.consolidate import choose_primary, stage
 from sync_assets.engine.live_db import (
     Snapshot,
     collect_originated,
@@ -50,8 +49,6 @@ from sync_assets.engine.live_db import (
 )
 from sync_assets.engine.replication import (
     ReplicationResult,
-    copy_recorded,
-    unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
 
@@ -173,15 +170,6 @@ def collect_node_matches(
     return result
 
 
-def choose_primary(fleet: Fleet, catalog: Catalog) -> Node:
-    """The durable node that holds the union DB: the first reachable one in the inventory."""
-    down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-    for node in fleet.durable_nodes:
-        if node.name not in down:
-            return node
-    raise TransferError("no reachable durable node (storage/coordinator, not ephemeral)")
-
-
 def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionResult:
     """Put every durably collected Elo snapshot into the primary's union DB; what could
     not be put there is in `staging_errors` (module docstring)."""
@@ -189,13 +177,14 @@ def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionRe
     primary = choose_primary(fleet, catalog)
     result.primary = primary.name
     with waiting_lease(catalog, UNION_LEASE):
-        left_out = _stage_on(primary, fleet, catalog, transports, result.moved)
         replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-        here = replicas[(replicas["node"] == primary.name) & (replicas["state"] == "verified")]
-        here = here.drop_duplicates("sha256").sort_values("sha256")
+        durable = {n.name for n in fleet.durable_nodes}
+        collected = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
+        staged = stage(primary, collected["sha256"], collected_path, fleet, catalog, transports)
+        result.moved, left_out = staged.moved, staged.missing
         payload = [
-            {"path": r.path, "sha256": r.sha256, "label": _label(r.origin_node, r.name)}
-            for r in here.itertuples(index=False)
+            {"path": c.path, "sha256": c.sha256, "label": f"{c.origin_node}:{c.name}"}
+            for c in staged.held
         ]
         stats = run_script(
             primary, transports, MATCHES_SCRIPT, ["union", MATCHES_DB], payload=payload
@@ -216,61 +205,3 @@ def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionRe
     result.merged_by_game_id = int(stats["matches_merged_by_game_id"])
     result.unreadable = stats["unreadable"]
     return result
-
-
-def _label(origin_node: str, name: str) -> str:
-    return f"{origin_node}:{name}"
-
-
-def _stage_on(
-    primary: Node,
-    fleet: Fleet,
-    catalog: Catalog,
-    transports: Transports,
-    moved: ReplicationResult,
-) -> dict[str, str]:
-    """Copy the Elo snapshots held on other durable nodes but not on the primary to it,
-    from a reachable holder (the next one when a copy fails); {sha256: why} for those
-    that could not be copied."""
-    durable = {n.name for n in fleet.durable_nodes}
-    down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    verified = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
-    have = set(verified.loc[verified["node"] == primary.name, "sha256"])
-    missing = verified[~verified["sha256"].isin(have)].sort_values(["sha256", "node"])
-    artifacts = catalog.artifacts_frame([SNAPSHOT_KIND]).set_index("sha256")
-    labels: dict[str, str] = {}
-    holders: dict[str, list[tuple[str, str]]] = {}  # sha256 → reachable (node, path), in turn
-    left_out: dict[str, str] = {}
-    for sha, rows in missing.groupby("sha256"):
-        sha = str(sha)
-        art = artifacts.loc[sha]
-        labels[sha] = f"{_label(art['origin_node'], art['name'])} ({sha[:16]})"
-        up = rows[~rows["node"].isin(down)]
-        if up.empty:
-            left_out[sha] = (
-                f"{labels[sha]}: held only by unreachable node(s) {', '.join(sorted(rows['node']))}"
-            )
-        else:
-            holders[sha] = list(zip(up["node"], up["path"], strict=True))
-    while holders:
-        by_source: dict[str, list[CopyItem]] = {}
-        for sha, turns in holders.items():
-            source, path = turns.pop(0)
-            target = collected_path(artifacts.loc[sha].rename(sha))
-            by_source.setdefault(source, []).append(CopyItem(path, target, sha))
-        for source, items in sorted(by_source.items()):
-            outcomes = copy_recorded(fleet.node(source), primary, items, catalog, transports)
-            for item, outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, CopyResult):
-                    moved.count(outcome)
-                    left_out.pop(item.sha256, None)
-                    del holders[item.sha256]
-                    continue
-                moved.failures.append(str(outcome))
-                left_out[item.sha256] = (
-                    f"{labels[item.sha256]}: copy to {primary.name} failed: {outcome}"
-                )
-                if not holders[item.sha256]:
-                    del holders[item.sha256]
-    return left_out

@@ -375,65 +375,6 @@ def distribute(
     return result
 
 
-def gather(
-    node: Node,
-    shas: Iterable[str],
-    target_path: Callable[[pd.Series], str],
-    fleet: Fleet,
-    catalog: Catalog,
-    transports: Transports,
-) -> ReplicationResult:
-    """Make sure `node` holds a verified copy of each artifact, on disk: the copies the
-    catalog says it has are looked at first, the others are copied from a verified
-    holder (durable nodes first), batched per source; a holder found without the bytes
-    is dropped and another one used. What no holder can provide is a finding."""
-    result = ReplicationResult()
-    wanted = set(shas)
-    if not wanted:
-        return result
-    durable = {n.name for n in fleet.durable_nodes}
-    replicas = catalog.replicas_frame()
-    mine = replicas[
-        replicas["sha256"].isin(wanted)
-        & (replicas["node"] == node.name)
-        & (replicas["state"] == "verified")
-    ]
-    _confirm_on_disk(mine, fleet, catalog, transports, result)
-    if result.failures:  # the node could not be looked at: nothing to build on
-        return result
-    artifacts = catalog.artifacts_frame().set_index("sha256")
-    for _ in range(MAX_REPLAN_ROUNDS):
-        replicas = catalog.replicas_frame()
-        verified = replicas[replicas["sha256"].isin(wanted) & (replicas["state"] == "verified")]
-        missing = wanted - set(verified.loc[verified["node"] == node.name, "sha256"])
-        down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-        in_fleet = verified["node"].isin([n.name for n in fleet.nodes])
-        sources = verified[
-            in_fleet & ~verified["node"].isin(down) & (verified["node"] != node.name)
-        ]
-        sources = sources.assign(ephemeral=~sources["node"].isin(durable)).sort_values(
-            ["ephemeral", "node", "path"]
-        )
-        first = sources[sources["sha256"].isin(missing)].drop_duplicates("sha256")
-        by_source: dict[str, list[CopyItem]] = {}
-        for sha, source, path in first[["sha256", "node", "path"]].itertuples(index=False):
-            target = target_path(artifacts.loc[sha].rename(sha))
-            by_source.setdefault(source, []).append(CopyItem(path, target, sha))
-        gone = False
-        for source, items in sorted(by_source.items()):
-            for outcome in copy_recorded(fleet.node(source), node, items, catalog, transports):
-                result.note(outcome)
-                gone |= isinstance(outcome, SourceGone)
-        if not gone:
-            break
-    replicas = catalog.replicas_frame()
-    here = replicas[(replicas["node"] == node.name) & (replicas["state"] == "verified")]
-    for sha in sorted(wanted - set(here["sha256"])):
-        if not (replicas["sha256"] == sha).any():
-            result.findings.append(f"{sha[:16]}: no copy left anywhere to bring to {node.name}")
-    return result
-
-
 # Artifact kinds → the policy field that says how many durable copies they need.
 _POLICY_FIELD_OF_KIND = {
     "games_snapshot": "games",

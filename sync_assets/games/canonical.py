@@ -32,10 +32,10 @@ from resources.catalog import Catalog
 from resources.transport import Transports, python_for, sqlite_snapshot
 from resources.transport.base import TransferError
 from sync_assets.engine.audit import SUSPECT_SLACK_S
+from sync_assets.engine.consolidate import StagedCopy, choose_primary, stage
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
-    gather,
     replicate,
     unavailable_nodes,
 )
@@ -71,26 +71,21 @@ class CanonicalResult:
     durable_copies: int = 0
 
 
-def _choose_primary(
-    fleet: Fleet, replicas: pd.DataFrame, current: str | None, unavailable: frozenset[str]
-) -> Node:
-    """A reachable durable node holding the current canonical DB; else the reachable one
-    with most snapshots (an unreachable primary must not stall every merge)."""
-    durable = {n.name: n for n in fleet.durable_nodes if n.name not in unavailable}
-    if not durable:
-        raise TransferError(
-            "no reachable durable node (storage/coordinator, not ephemeral) in the fleet"
-        )
-    verified = replicas[replicas["state"] == "verified"]
+def _holder_or_busiest(
+    reachable: list[Node], current: str | None, replicas: pd.DataFrame
+) -> Node | None:
+    """Games' primary: the reachable durable node holding the current canonical DB;
+    else the one holding most verified copies."""
+    by_name = {n.name: n for n in reachable}
+    verified = replicas[(replicas["state"] == "verified") & replicas["node"].isin(by_name)]
     if current is not None:
-        holders = verified[(verified["sha256"] == current) & verified["node"].isin(durable)]
+        holders = verified[verified["sha256"] == current]
         if not holders.empty:
-            return durable[sorted(holders["node"])[0]]
-    counts = verified[verified["node"].isin(durable)].groupby("node").size()
+            return by_name[sorted(holders["node"])[0]]
+    counts = verified.groupby("node").size()
     if counts.empty:
-        return next(iter(durable.values()))
-    best = counts.sort_values(ascending=False, kind="stable")
-    return durable[best.index[0]]
+        return None
+    return by_name[counts.sort_values(ascending=False, kind="stable").index[0]]
 
 
 def merge_canonical(
@@ -104,7 +99,9 @@ def merge_canonical(
         _count_uncounted(fleet, catalog, transports, result.moved)
         current = catalog.alias(CANONICAL_KIND, config)
         down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-        primary = _choose_primary(fleet, catalog.replicas_frame(), current, down)
+        primary = choose_primary(
+            fleet, catalog, lambda up: _holder_or_busiest(up, current, catalog.replicas_frame())
+        )
         result.primary = primary.name
         target = canonical_path(config)
         known = catalog.artifacts_frame([CANONICAL_KIND])
@@ -118,8 +115,8 @@ def merge_canonical(
         if current is not None and base != current:
             # The current version, wherever a copy is left, is the base: never rebuild
             # from snapshots what a copy still holds.
-            result.moved.add(gather(primary, [current], lambda _art: target, fleet, catalog,
-                                    transports))  # fmt: skip
+            staged = stage(primary, [current], lambda _art: target, fleet, catalog, transports)
+            result.moved.add(staged.moved)
             base = _version_on(primary, target, catalog, transports)
         result.base_sha256 = base
         holds = catalog.canonical_contents(base) if base else set()
@@ -127,8 +124,9 @@ def merge_canonical(
         merged: dict[str, dict[str, Any]] = {}
         failure: TransferError | None = None
         if todo:
-            result.moved.add(gather(primary, todo, collected_path, fleet, catalog, transports))
-            merged, failure = _merge_on(primary, config, todo, catalog, transports, result)
+            staged = stage(primary, todo, collected_path, fleet, catalog, transports)
+            result.moved.add(staged.moved)
+            merged, failure = _merge_on(primary, config, staged.held, catalog, transports, result)
 
         found = transports.for_node(primary).stat(primary, target)
         if found is not None:
@@ -258,28 +256,19 @@ def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports)
 def _merge_on(
     primary: Node,
     config: str,
-    todo: set[str],
+    held: list[StagedCopy],
     catalog: Catalog,
     transports: Transports,
     result: CanonicalResult,
 ) -> tuple[dict[str, dict[str, Any]], TransferError | None]:
-    """Run merge.py on the primary over the snapshots of `todo` it holds.
+    """Run merge.py on the primary over the snapshots staged there.
 
     Returns ({snapshot sha → its stats} of the snapshots merged, the failure if the
     merge stopped: what it committed before is kept). Unreadable snapshots are
     quarantined."""
-    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    here = replicas[
-        (replicas["node"] == primary.name)
-        & (replicas["state"] == "verified")
-        & replicas["sha256"].isin(todo)
-    ].drop_duplicates("sha256")
-    if here.empty:
+    if not held:
         return {}, None
-    labels = {
-        f"{r.origin_node}:{r.name}@{r.sha256[:12]}": (str(r.sha256), str(r.path))
-        for r in here.sort_values("sha256").itertuples(index=False)
-    }
+    labels = {f"{c.origin_node}:{c.name}@{c.sha256[:12]}": (c.sha256, c.path) for c in held}
     args = [f"{path}={label}" for label, (_, path) in labels.items()]
     try:
         stats = _run_merge(primary, config, args, transports)
