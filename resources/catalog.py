@@ -13,21 +13,30 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from sync_assets.engine.breaker import BreakerState, after_failure, after_success
-from sync_assets.engine.breaker import status as breaker_status
+SCHEMA_VERSION = 3
 
-SCHEMA_VERSION = 2
+
+class ReplicaState(StrEnum):
+    VERIFIED = "verified"  # SHA-256 checked where it lies: counts toward policy
+    STAGING = "staging"  # a snapshot on its origin node: a copy source, never counted
+
+
+class NodeState(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"  # no longer in the inventory
+
 
 metadata = sa.MetaData()
 
@@ -46,7 +55,15 @@ nodes = sa.Table(
     sa.Column("durable", sa.Boolean, nullable=False),
     sa.Column("ephemeral", sa.Boolean, nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # active | retired
+    sa.Column("state", sa.String(16), nullable=False),  # NodeState
+)
+
+# What the last probe of a node saw. Apart from `nodes` (node discovery's record of the
+# inventory) so that a probe is recorded whether or not discovery has run yet.
+probes = sa.Table(
+    "probes",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
     sa.Column("reachable", sa.Boolean),
     sa.Column("last_probe_at", sa.Float),
     sa.Column("disk_total_bytes", sa.BigInteger),
@@ -54,6 +71,7 @@ nodes = sa.Table(
     sa.Column("gpu_util_percent", sa.Float),
     sa.Column("probe_error", sa.Text),
 )
+_PROBE_COLUMNS = [c.name for c in probes.columns if c.name != "node"]
 
 artifacts = sa.Table(
     "artifacts",
@@ -75,7 +93,7 @@ replicas = sa.Table(
     sa.Column("path", sa.String(1024), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("verified_at", sa.Float, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # verified | staging
+    sa.Column("state", sa.String(16), nullable=False),  # ReplicaState
     # The primary key leads with sha256; audits and placement ask per node.
     sa.Index("ix_replicas_node_path", "node", "path"),
 )
@@ -177,7 +195,8 @@ aliases = sa.Table(
 )
 
 
-# Per-node circuit breakers: they must outlive runs, so they live here (sync_assets.engine.breaker).
+# Per-node circuit breakers: they must outlive runs, so they live here; what the numbers
+# mean is decided outside the catalog (sync_assets/engine/breaker.py).
 breakers = sa.Table(
     "breakers",
     metadata,
@@ -191,6 +210,20 @@ breakers = sa.Table(
 
 class LeaseHeld(RuntimeError):
     """Another holder owns the lease; the message names it."""
+
+
+class Replica(NamedTuple):
+    sha256: str
+    node: str
+    path: str
+    size: int
+
+
+def _durable_copy(durable_nodes: Collection[str]) -> sa.ColumnElement[bool]:
+    """THE definition of a durable copy, used by every count: a verified replica on one of
+    `durable_nodes` (the inventory's durable nodes the caller trusts now; a node found
+    unreachable still counts until the caller leaves it out). Counted per distinct node."""
+    return (replicas.c.state == ReplicaState.VERIFIED) & replicas.c.node.in_(sorted(durable_nodes))
 
 
 def default_catalog_url() -> str:
@@ -239,7 +272,8 @@ class Catalog(dg.ConfigurableResource):
     # --- nodes -------------------------------------------------------------------
 
     def sync_nodes(self, fleet_nodes: Sequence[Any]) -> None:
-        """Upsert inventory nodes as active; nodes no longer listed become retired."""
+        """Upsert inventory nodes as active; nodes no longer listed become retired. Node
+        discovery's step: decisions take node roles from the inventory, never from here."""
         names = {n.name for n in fleet_nodes}
         with self.engine.begin() as conn:
             known = {r.name for r in conn.execute(sa.select(nodes.c.name))}
@@ -249,7 +283,7 @@ class Catalog(dg.ConfigurableResource):
                     "durable": n.durable,
                     "ephemeral": n.ephemeral,
                     "provider": n.provider.kind,
-                    "state": "active",
+                    "state": NodeState.ACTIVE,
                 }
                 if n.name in known:
                     conn.execute(nodes.update().where(nodes.c.name == n.name).values(values))
@@ -257,7 +291,9 @@ class Catalog(dg.ConfigurableResource):
                     conn.execute(nodes.insert().values(name=n.name, **values))
             if known - names:
                 conn.execute(
-                    nodes.update().where(nodes.c.name.in_(known - names)).values(state="retired")
+                    nodes.update()
+                    .where(nodes.c.name.in_(known - names))
+                    .values(state=NodeState.RETIRED)
                 )
 
     def record_probe(
@@ -271,10 +307,10 @@ class Catalog(dg.ConfigurableResource):
         error: str | None,
     ) -> None:
         with self.engine.begin() as conn:
+            conn.execute(probes.delete().where(probes.c.node == node))
             conn.execute(
-                nodes.update()
-                .where(nodes.c.name == node)
-                .values(
+                probes.insert().values(
+                    node=node,
                     reachable=reachable,
                     last_probe_at=_now(),
                     disk_total_bytes=disk_total_bytes,
@@ -285,8 +321,27 @@ class Catalog(dg.ConfigurableResource):
             )
 
     def nodes_frame(self) -> pd.DataFrame:
+        """The recorded nodes, each with what its last probe saw (NaN: never probed)."""
+        query = sa.select(nodes, *(probes.c[c] for c in _PROBE_COLUMNS)).outerjoin(
+            probes, probes.c.node == nodes.c.name
+        )
         with self.engine.connect() as conn:
-            return pd.read_sql(sa.select(nodes), conn)
+            return pd.read_sql(query, conn)
+
+    def disk_space(self, names: Collection[str]) -> dict[str, tuple[int | None, int | None]]:
+        """node → (total, free) bytes its last probe saw, for the probed ones of `names`."""
+        p = probes
+        query = sa.select(p.c.node, p.c.disk_total_bytes, p.c.disk_free_bytes).where(
+            p.c.node.in_(sorted(names))
+        )
+        with self.engine.connect() as conn:
+            return {r.node: (r.disk_total_bytes, r.disk_free_bytes) for r in conn.execute(query)}
+
+    def unreachable_nodes(self) -> frozenset[str]:
+        """Nodes whose last probe found them unreachable."""
+        query = sa.select(probes.c.node).where(probes.c.reachable.is_(False))
+        with self.engine.connect() as conn:
+            return frozenset(conn.scalars(query))
 
     # --- artifacts and replicas --------------------------------------------------
 
@@ -312,7 +367,7 @@ class Catalog(dg.ConfigurableResource):
                 )
 
     def record_replica(
-        self, sha256: str, node: str, path: str, size: int, state: str = "verified"
+        self, sha256: str, node: str, path: str, size: int, state: str = ReplicaState.VERIFIED
     ) -> None:
         """Record a copy whose SHA-256 was checked at `node`; replaces any other
         artifact previously recorded at the same (node, path), since the file was replaced."""
@@ -385,54 +440,135 @@ class Catalog(dg.ConfigurableResource):
         return None if lowest is None else (lowest, highest)
 
     def has_copy(self, sha256: str) -> bool:
-        """Whether any active node holds a copy (verified, or a snapshot still staged)."""
+        """Whether a node not retired by node discovery holds a copy (verified, or a
+        snapshot still staged). A node discovery has not recorded yet counts."""
         r, n = replicas, nodes
+        retired = sa.exists().where((n.c.name == r.c.node) & (n.c.state == NodeState.RETIRED))
         query = (
             sa.select(r.c.sha256)
-            .join(n, n.c.name == r.c.node)
-            .where(
-                (r.c.sha256 == sha256)
-                & r.c.state.in_(["verified", "staging"])
-                & (n.c.state == "active")
-            )
+            .where((r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)) & ~retired)
             .limit(1)
         )
         with self.engine.connect() as conn:
             return conn.execute(query).first() is not None
 
-    def below_policy(self, min_replicas: dict[str, int]) -> set[str]:
-        """Artifacts with fewer verified copies on distinct active durable nodes than
-        `min_replicas[kind]`: the planner's own count, done by the database, so a fleet
-        in order costs one query instead of three catalog frames."""
+    def _durable_counts(self, durable_nodes: Collection[str]) -> sa.Subquery:
+        r = replicas
+        return (
+            sa.select(r.c.sha256, sa.func.count(sa.distinct(r.c.node)).label("copies"))
+            .where(_durable_copy(durable_nodes))
+            .group_by(r.c.sha256)
+            .subquery()
+        )
+
+    def below_policy(
+        self, min_replicas: dict[str, int], durable_nodes: Collection[str]
+    ) -> set[str]:
+        """Artifacts with fewer durable copies than `min_replicas[kind]`, counted by the
+        database, so a fleet in order costs one query instead of three catalog frames."""
         kinds = [kind for kind, wanted in min_replicas.items() if wanted > 0]
         if not kinds:
             return set()
-        r, n, a = replicas, nodes, artifacts
-        have = (
-            sa.select(sa.func.count(sa.distinct(r.c.node)))
-            .join(n, n.c.name == r.c.node)
-            .where(
-                (r.c.sha256 == a.c.sha256)
-                & (r.c.state == "verified")
-                & n.c.durable
-                & (n.c.state == "active")
-            )
-            .scalar_subquery()
-        )
+        a, have = artifacts, self._durable_counts(durable_nodes)
         wanted = sa.case(min_replicas, value=a.c.kind, else_=0)
-        query = sa.select(a.c.sha256).where(a.c.kind.in_(kinds) & (have < wanted))
+        query = (
+            sa.select(a.c.sha256)
+            .outerjoin(have, have.c.sha256 == a.c.sha256)
+            .where(a.c.kind.in_(kinds) & (sa.func.coalesce(have.c.copies, 0) < wanted))
+        )
         with self.engine.connect() as conn:
             return set(conn.scalars(query))
 
-    def artifacts_frame(self, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+    def durable_copy_counts(
+        self,
+        durable_nodes: Collection[str],
+        *,
+        shas: Iterable[str] | None = None,
+        kind: str | None = None,
+    ) -> dict[str, int]:
+        """sha256 → durable copies, for the artifacts (of `kind`, among `shas`) that have
+        any; an artifact missing here has none."""
+        have = self._durable_counts(durable_nodes)
+        query = sa.select(have.c.sha256, have.c.copies)
+        if kind is not None:
+            query = query.join(artifacts, artifacts.c.sha256 == have.c.sha256).where(
+                artifacts.c.kind == kind
+            )
+        if shas is not None:
+            query = query.where(have.c.sha256.in_(sorted(set(shas))))
+        with self.engine.connect() as conn:
+            return {r.sha256: r.copies for r in conn.execute(query)}
+
+    def replicas_of(
+        self,
+        shas: Iterable[str],
+        states: Collection[str] = (ReplicaState.VERIFIED,),
+        nodes: Collection[str] | None = None,
+    ) -> list[Replica]:
+        """The copies of these artifacts in `states` (on `nodes`, if given), by node, path."""
+        r = replicas
+        query = sa.select(r.c.sha256, r.c.node, r.c.path, r.c.size).where(
+            r.c.sha256.in_(sorted(set(shas))) & r.c.state.in_(list(states))
+        )
+        if nodes is not None:
+            query = query.where(r.c.node.in_(sorted(nodes)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(r.c.node, r.c.path, r.c.sha256))
+            return [Replica(*row) for row in rows]
+
+    def originated(self, kind: str, node: str) -> list[str]:
+        """The artifacts of `kind` first registered from `node`."""
+        a = artifacts
+        query = sa.select(a.c.sha256).where((a.c.kind == kind) & (a.c.origin_node == node))
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query.order_by(a.c.created_at, a.c.sha256)))
+
+    def snapshots_to_merge(self, config: str, durable_nodes: Collection[str]) -> set[str]:
+        """Snapshots whose census counted games of `config`, with a verified copy on one
+        of `durable_nodes`, not quarantined."""
+        c, r, q = snapshot_configs, replicas, quarantine
+        query = sa.select(c.c.snapshot_sha256).where(
+            (c.c.config == config)
+            & (c.c.games > 0)
+            & sa.exists().where((r.c.sha256 == c.c.snapshot_sha256) & _durable_copy(durable_nodes))
+            & ~sa.exists().where(q.c.sha256 == c.c.snapshot_sha256)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
+
+    def last_copy_holders(self, among: Collection[str]) -> set[str]:
+        """The nodes of `among` holding the only copy (verified or staged) of something."""
+        if not among:
+            return set()
+        r, other = replicas, replicas.alias("other")
+        alone = ~sa.exists().where(
+            (other.c.sha256 == r.c.sha256)
+            & (other.c.node != r.c.node)
+            & other.c.state.in_(list(ReplicaState))
+        )
+        query = (
+            sa.select(r.c.node)
+            .distinct()
+            .where(r.c.node.in_(sorted(among)) & r.c.state.in_(list(ReplicaState)) & alone)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.scalars(query))
+
+    def artifacts_frame(
+        self, kinds: Sequence[str] | None = None, shas: Iterable[str] | None = None
+    ) -> pd.DataFrame:
         query = sa.select(artifacts)
         if kinds is not None:
             query = query.where(artifacts.c.kind.in_(list(kinds)))
+        if shas is not None:
+            query = query.where(artifacts.c.sha256.in_(sorted(set(shas))))
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
-    def replicas_frame(self, kinds: Sequence[str] | None = None) -> pd.DataFrame:
-        """Replicas joined with their artifact's kind, config and origin."""
+    def replicas_frame(
+        self, kinds: Sequence[str] | None = None, shas: Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """Replicas (of `kinds`, of `shas`) joined with their artifact's kind, config, origin."""
         query = sa.select(
             replicas,
             artifacts.c.kind,
@@ -442,6 +578,8 @@ class Catalog(dg.ConfigurableResource):
         ).join(artifacts, artifacts.c.sha256 == replicas.c.sha256)
         if kinds is not None:
             query = query.where(artifacts.c.kind.in_(list(kinds)))
+        if shas is not None:
+            query = query.where(replicas.c.sha256.in_(sorted(set(shas))))
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
@@ -470,6 +608,23 @@ class Catalog(dg.ConfigurableResource):
                     finished_at=_now(),
                 )
             )
+
+    def bytes_moved(self) -> int:
+        """Bytes of every transfer that succeeded."""
+        t = transfers
+        query = sa.select(sa.func.coalesce(sa.func.sum(t.c.bytes), 0)).where(t.c.status == "ok")
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def verified_copies_per_node(self) -> dict[str, int]:
+        r = replicas
+        query = (
+            sa.select(r.c.node, sa.func.count())
+            .where(r.c.state == ReplicaState.VERIFIED)
+            .group_by(r.c.node)
+        )
+        with self.engine.connect() as conn:
+            return {node: n for node, n in conn.execute(query)}
 
     def transfers_frame(self) -> pd.DataFrame:
         with self.engine.connect() as conn:
@@ -632,14 +787,27 @@ class Catalog(dg.ConfigurableResource):
                 )
             ).scalar()
 
-    def aliases_frame(self) -> pd.DataFrame:
+    def aliases_frame(self, kinds: Sequence[str]) -> pd.DataFrame:
+        """The aliases of `kinds` (the primary key leads with the kind)."""
         with self.engine.connect() as conn:
-            return pd.read_sql(sa.select(aliases), conn)
+            return pd.read_sql(sa.select(aliases).where(aliases.c.kind.in_(list(kinds))), conn)
 
-    def merges_frame(self) -> pd.DataFrame:
-        """config, snapshot_sha256, merged_at, games added (from the stats)."""
+    def aliases(self, kind: str) -> dict[str, str]:
+        """config → sha256 of every alias of `kind`."""
+        query = sa.select(aliases.c.config, aliases.c.sha256).where(aliases.c.kind == kind)
         with self.engine.connect() as conn:
-            frame = pd.read_sql(sa.select(merges), conn)
+            return {config: sha for config, sha in conn.execute(query)}
+
+    def merges_since(self, since: dict[str, float | None]) -> pd.DataFrame:
+        """config, snapshot_sha256, merged_at, games added (from the stats) of each
+        config's merges after `since[config]` (None: all of them), by the config index."""
+        m = merges
+        after = [
+            (m.c.config == config) & (m.c.merged_at > at if at is not None else sa.true())
+            for config, at in since.items()
+        ]
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(sa.select(m).where(sa.or_(sa.false(), *after)), conn)
         frame["added"] = [json.loads(s).get("added", 0) for s in frame["stats_json"]]
         return frame.drop(columns=["stats_json"])
 
@@ -654,48 +822,27 @@ class Catalog(dg.ConfigurableResource):
 
     # --- circuit breakers ---------------------------------------------------------
 
-    def breaker(self, node: str) -> BreakerState:
+    def breaker(self, node: str) -> sa.Row[Any] | None:
+        """The node's breaker row (failures, last_failure_at, opened_at, last_error)."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
-        if row is None:
-            return BreakerState()
-        return BreakerState(row.failures, row.last_failure_at, row.opened_at)
+            return conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
 
-    def record_node_result(self, node: str, error: str | None) -> BreakerState:
-        """Feed one attempt's outcome to the node's breaker; returns the new state."""
+    def update_breaker(
+        self, node: str, step: Callable[[sa.Row[Any] | None], dict[str, Any] | None]
+    ) -> None:
+        """Replace the node's breaker row by `step(row)` (None: leave it), read and
+        written in one transaction so concurrent outcomes are never lost."""
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
-            state = (
-                BreakerState(row.failures, row.last_failure_at, row.opened_at)
-                if row
-                else (BreakerState())
-            )
-            new = after_failure(state, _now()) if error else after_success(state)
-            if row is not None and error is None and state == new:
-                return new
-            conn.execute(breakers.delete().where(breakers.c.node == node))
-            conn.execute(
-                breakers.insert().values(
-                    node=node,
-                    failures=new.failures,
-                    last_failure_at=new.last_failure_at,
-                    opened_at=new.opened_at,
-                    last_error=error,
-                )
-            )
-        return new
+            new = step(row)
+            if new is not None:
+                conn.execute(breakers.delete().where(breakers.c.node == node))
+                conn.execute(breakers.insert().values(node=node, **new))
 
-    def open_breakers(self) -> frozenset[str]:
-        """Nodes whose breaker is open now (half-open ones may be tried)."""
-        now = _now()
+    def opened_breakers(self) -> Sequence[sa.Row[Any]]:
+        """The breaker rows that have opened (open, or half-open by now)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(breakers).where(breakers.c.opened_at.is_not(None)))
-            return frozenset(
-                r.node
-                for r in rows
-                if breaker_status(BreakerState(r.failures, r.last_failure_at, r.opened_at), now)
-                == "open"
-            )
+            return conn.execute(sa.select(breakers).where(breakers.c.opened_at.is_not(None))).all()
 
     # --- leases ------------------------------------------------------------------
 
@@ -758,9 +905,30 @@ def _v2_merges_by_canonical_version(conn: sa.Connection) -> None:
         )
 
 
+def _v3_probes_apart_from_nodes(conn: sa.Connection) -> None:
+    """v2 kept probe results on the `nodes` rows, so nothing could be recorded of a node
+    discovery had not registered yet; v3 keeps them in `probes`."""
+    if not sa.inspect(conn).has_table(nodes.name):
+        return  # `create_all` makes both tables
+    old = sa.Table("nodes", sa.MetaData(), autoload_with=conn)
+    probes.create(conn)
+    rows = conn.execute(
+        sa.select(old.c.name.label("node"), *(old.c[c] for c in _PROBE_COLUMNS)).where(
+            old.c.last_probe_at.is_not(None)
+        )
+    )
+    if found := [dict(r._mapping) for r in rows]:
+        conn.execute(probes.insert(), found)
+    for column in _PROBE_COLUMNS:
+        conn.execute(sa.text(f"ALTER TABLE nodes DROP COLUMN {column}"))
+
+
 # version → the step that brings a catalog from version - 1 to it. Tables and indexes
 # that are only new are made by `create_all` after the steps run.
-_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2_merges_by_canonical_version}
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
+    2: _v2_merges_by_canonical_version,
+    3: _v3_probes_apart_from_nodes,
+}
 
 
 def _migrate(engine: sa.Engine) -> None:

@@ -9,7 +9,7 @@ never 100 copies from the coordinator at once (LESSONS 2).
 import dagster as dg
 import pandas as pd
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, ReplicaState
 from resources.inventory import FleetInventory
 from sync_assets.fleet.inventory import InventoryError, load_fleet
 from sync_assets.models.publish import PROMOTED_ALIAS, canonical_model_path
@@ -19,7 +19,7 @@ def nodes_to_serve(
     promoted: dict[str, str], replicas: pd.DataFrame, gpu_nodes: list[str], per_source: int
 ) -> list[tuple[str, str, str]]:
     """(node, config, sha256) runs to request now: lacking nodes, capped by the holders."""
-    verified = replicas[replicas["state"] == "verified"]
+    verified = replicas[replicas["state"] == ReplicaState.VERIFIED]
     todo: list[tuple[str, str, str]] = []
     for config, sha in sorted(promoted.items()):
         mine = verified[verified["sha256"] == sha]
@@ -38,13 +38,10 @@ def model_promotion(
         fleet = load_fleet(inventory)
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
-    aliases = catalog.aliases_frame()
-    promoted = dict(
-        aliases.loc[aliases["kind"] == PROMOTED_ALIAS, ["config", "sha256"]].itertuples(index=False)
-    )
+    promoted = catalog.aliases(PROMOTED_ALIAS)
     todo = nodes_to_serve(
         promoted,
-        catalog.replicas_frame(["model"]),
+        catalog.replicas_frame(shas=promoted.values()),
         [n.name for n in fleet.gpu_nodes],
         fleet.policy.transfers_per_node,
     )

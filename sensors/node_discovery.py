@@ -1,14 +1,14 @@
 """`node_discovery`: keep the `nodes` partitions in step with the inventory, in batches.
 
-One inventory read and one catalog query per tick; no SSH. A node removed from the
-inventory keeps its partition until it holds no last verified copy of anything
-(retired only after evacuation).
+One inventory read and bounded catalog queries per tick; no SSH. The one place that
+records the inventory's nodes in the catalog (`Catalog.sync_nodes`; a manual run does it
+with `fleet/node_status`). A node removed from the inventory keeps its partition until it
+holds no last copy of anything (retired only after evacuation).
 """
 
 from collections.abc import Iterable
 
 import dagster as dg
-import pandas as pd
 
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
@@ -31,14 +31,6 @@ def partition_changes(
     return to_add, to_remove
 
 
-def last_copy_holders(replicas: pd.DataFrame) -> set[str]:
-    """Nodes holding the only copy of some artifact."""
-    live = replicas[replicas["state"].isin(["verified", "staging"])]
-    copies = live.groupby("sha256")["node"].nunique()
-    lonely = live[live["sha256"].isin(copies[copies == 1].index)]
-    return set(lonely["node"])
-
-
 @dg.sensor(name="node_discovery", minimum_interval_seconds=60)
 def node_discovery(
     context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
@@ -48,8 +40,9 @@ def node_discovery(
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
     current = context.instance.get_dynamic_partitions(NODES)
+    departed = set(current) - {n.name for n in fleet.nodes}
     to_add, to_remove = partition_changes(
-        (n.name for n in fleet.nodes), current, last_copy_holders(catalog.replicas_frame())
+        (n.name for n in fleet.nodes), current, catalog.last_copy_holders(departed)
     )
     catalog.sync_nodes(fleet.nodes)
     if not to_add and not to_remove:

@@ -6,8 +6,9 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from sync_assets.fleet.inventory import InventoryError, load_fleet
+from sync_assets.kinds import GAMES_CANONICAL, NPZ
 
-NPZ_ALIAS = "npz"
+NPZ_ALIAS = NPZ.alias
 
 
 def configs_due(
@@ -37,13 +38,13 @@ def training_trigger(
         fleet = load_fleet(inventory)
     except InventoryError as exc:
         return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
-    aliases = catalog.aliases_frame()
-    due = configs_due(
-        catalog.merges_frame(), aliases, list(fleet.configs), fleet.policy.export.min_new_games
-    )
+    aliases = catalog.aliases_frame([NPZ_ALIAS, GAMES_CANONICAL.alias])
+    exported = aliases[aliases["kind"] == NPZ_ALIAS].set_index("config")["updated_at"]
+    merges = catalog.merges_since({config: exported.get(config) for config in fleet.configs})
+    due = configs_due(merges, aliases, list(fleet.configs), fleet.policy.export.min_new_games)
     if not due:
         return dg.SkipReason("no config has enough new games to export")
-    canonical = aliases[aliases["kind"] == "games_canonical"].set_index("config")["sha256"]
+    canonical = aliases[aliases["kind"] == GAMES_CANONICAL.alias].set_index("config")["sha256"]
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(

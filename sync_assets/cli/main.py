@@ -18,11 +18,10 @@ GIB = 1024**3
 def _load_status() -> tuple[str, FleetStatus]:
     from resources.catalog import Catalog
     from sync_assets.cli.status import fleet_status
-    from sync_assets.engine.replication import min_replicas_by_kind
     from sync_assets.fleet.inventory import load_inventory
 
     fleet = load_inventory(os.environ.get("FLEETSYNC_FLEET", "fleet.yaml"))
-    return fleet.fleet, fleet_status(Catalog(), min_replicas_by_kind(fleet))
+    return fleet.fleet, fleet_status(Catalog(), fleet)
 
 
 def _print_status(fleet_name: str, status: FleetStatus) -> None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from resources.catalog import Catalog
-from sync_assets.engine.placement import durable_copies
-
-REPLACED_IN_PLACE = frozenset({"games_canonical", "elo_ratings"})
+from resources.catalog import Catalog, ReplicaState
+from sync_assets.engine.replication import node_names
+from sync_assets.fleet.inventory import Fleet
+from sync_assets.kinds import REPLACED_IN_PLACE, min_replicas_by_kind
 
 
 @dataclass(frozen=True)
@@ -26,24 +26,23 @@ class FleetStatus:
     bytes_moved: int  # all verified transfers ever recorded
 
 
-def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
+def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
     artifacts = catalog.artifacts_frame()
-    replicas = catalog.replicas_frame()
     nodes = catalog.nodes_frame()
     # An older version of a file that is replaced in place (every merge rewrites the
     # canonical DB, every recompute the ratings DB) keeps its catalog row with no copy
     # left: it is superseded, not at risk.
-    superseded = artifacts["kind"].isin(REPLACED_IN_PLACE) & ~artifacts["sha256"].isin(
-        replicas["sha256"]
-    )
-    artifacts = artifacts[~superseded]
-    copies = durable_copies(replicas, nodes).reindex(artifacts["sha256"], fill_value=0)
-    answering = durable_copies(replicas, nodes[nodes["reachable"].ne(False)])
+    in_place = artifacts.loc[artifacts["kind"].isin(REPLACED_IN_PLACE), "sha256"]
+    copied = {r.sha256 for r in catalog.replicas_of(in_place, list(ReplicaState))}
+    artifacts = artifacts[artifacts["sha256"].isin(copied) | ~artifacts["sha256"].isin(in_place)]
+    durable = node_names(fleet.durable_nodes)
+    copies = catalog.durable_copy_counts(durable)
+    answering = catalog.durable_copy_counts(durable - catalog.unreachable_nodes())
     artifacts = artifacts.assign(
-        durable_copies=copies.to_numpy(),
-        answering_copies=answering.reindex(artifacts["sha256"], fill_value=0).to_numpy(),
+        durable_copies=[copies.get(sha, 0) for sha in artifacts["sha256"]],
+        answering_copies=[answering.get(sha, 0) for sha in artifacts["sha256"]],
     )
-    wanted = artifacts["kind"].map(min_replicas).fillna(1)
+    wanted = artifacts["kind"].map(min_replicas_by_kind(fleet)).fillna(1)
     meets = artifacts["durable_copies"] >= wanted
 
     by_kind = (
@@ -56,7 +55,7 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
         )
         .reset_index()
     )
-    held = replicas[replicas["state"] == "verified"].groupby("node").size().rename("copies_held")
+    held = pd.Series(catalog.verified_copies_per_node(), name="copies_held", dtype=int)
     node_view = nodes.assign(disk_free_gb=(nodes["disk_free_bytes"] / 1024**3).round(1))[
         ["name", "roles", "durable", "ephemeral", "state", "reachable", "disk_free_gb"]
     ]
@@ -65,8 +64,6 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
         .fillna({"copies_held": 0})
         .astype({"copies_held": int})
     )
-    transfers = catalog.transfers_frame()
-    moved = int(transfers.loc[transfers["status"] == "ok", "bytes"].sum())
     return FleetStatus(
         games=_games_per_config(catalog),
         replicas=by_kind,
@@ -78,7 +75,7 @@ def fleet_status(catalog: Catalog, min_replicas: dict[str, int]) -> FleetStatus:
         bytes_relying_on_unreachable=int(
             artifacts.loc[meets & (artifacts["answering_copies"] < wanted), "size"].sum()
         ),
-        bytes_moved=moved,
+        bytes_moved=catalog.bytes_moved(),
     )
 
 

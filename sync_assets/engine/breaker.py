@@ -8,8 +8,11 @@ timeouts retuned back and forth).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from resources.catalog import Catalog
 
 THRESHOLD = 3.0
 COOLDOWN_S = 300.0
@@ -49,3 +52,42 @@ def status(state: BreakerState, now: float) -> BreakerStatus:
     if state.opened_at is None:
         return "closed"
     return "half_open" if now - state.opened_at >= COOLDOWN_S else "open"
+
+
+def _state_of(row: Any) -> BreakerState:
+    """The state a catalog breaker row holds (None: no breaker yet, closed)."""
+    return BreakerState(row.failures, row.last_failure_at, row.opened_at) if row else BreakerState()
+
+
+def state(catalog: Catalog, node: str) -> BreakerState:
+    return _state_of(catalog.breaker(node))
+
+
+def record(catalog: Catalog, node: str, error: str | None) -> BreakerState:
+    """Feed one attempt's outcome (error None: it worked) to the node's breaker; returns
+    the new state."""
+    new = BreakerState()
+
+    def step(row: Any) -> dict[str, Any] | None:
+        nonlocal new
+        old = _state_of(row)
+        new = after_failure(old, time.time()) if error else after_success(old)
+        if row is not None and error is None and old == new:
+            return None  # a success on a closed breaker: nothing to write
+        return {
+            "failures": new.failures,
+            "last_failure_at": new.last_failure_at,
+            "opened_at": new.opened_at,
+            "last_error": error,
+        }
+
+    catalog.update_breaker(node, step)
+    return new
+
+
+def open_nodes(catalog: Catalog) -> frozenset[str]:
+    """Nodes whose breaker is open now (half-open ones may be tried)."""
+    now = time.time()
+    return frozenset(
+        row.node for row in catalog.opened_breakers() if status(_state_of(row), now) == "open"
+    )

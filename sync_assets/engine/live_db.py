@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, ReplicaState
 from resources.transport import Transports
 from resources.transport.base import RemoteFile
-from sync_assets.engine.placement import durable_copies
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
+    node_names,
     replicate,
     unavailable_nodes,
 )
@@ -79,7 +79,7 @@ def snapshot_if_changed(
     catalog.add_artifact(
         sha, kind=kind, config=config, name=db.path, size=snap.size, origin_node=node.name
     )
-    catalog.record_replica(sha, node.name, staging, snap.size, state="staging")
+    catalog.record_replica(sha, node.name, staging, snap.size, state=ReplicaState.STAGING)
     catalog.set_source_state(node.name, db.path, seen, sha)
     return Snapshot(sha, taken=True, path=staging)
 
@@ -97,9 +97,7 @@ def confirm_originated(
     """Look at the durable copies of every snapshot `node` originated, on disk (one
     command per holder node, no hashing), before anything is decided from the catalog:
     an unchanged DB is snapshotted again once no copy of its snapshot is left."""
-    artifacts = catalog.artifacts_frame([kind])
-    mine = artifacts[artifacts["origin_node"] == node.name]
-    return confirm_holders(mine["sha256"], fleet, catalog, transports)
+    return confirm_holders(catalog.originated(kind, node.name), fleet, catalog, transports)
 
 
 def collect_originated(
@@ -114,38 +112,35 @@ def collect_originated(
     """Bring every snapshot `node` originated up to `wanted` durable copies, then remove
     the node's staging copies of those that have them, confirmed on disk right before
     (nothing is deleted on the catalog's word)."""
-    artifacts = catalog.artifacts_frame([kind])
-    mine = artifacts[artifacts["origin_node"] == node.name]
+    mine = catalog.originated(kind, node.name)
     settled = Settled()
-    if mine.empty:
+    if not mine:
         return settled
-    settled.replication.add(replicate(mine["sha256"], fleet, catalog, transports, target_path))
-    _release_staging(node, mine, kind, wanted, fleet, catalog, transports, settled)
+    settled.replication.add(replicate(mine, fleet, catalog, transports, target_path))
+    _release_staging(node, mine, wanted, fleet, catalog, transports, settled)
     return settled
 
 
 def _release_staging(
-    node: Node, mine: pd.DataFrame, kind: str, wanted: int, fleet: Fleet, catalog: Catalog,
+    node: Node, mine: list[str], wanted: int, fleet: Fleet, catalog: Catalog,
     transports: Transports, settled: Settled,
 ) -> None:  # fmt: skip
     """Count durable copies of the snapshots `node` originated; where policy is met by
     copies looked at on disk just now, on reachable nodes, the node's own staging copy
     goes (it was only ever a source), dropped from the catalog in the same step."""
-    replicas = catalog.replicas_frame([kind])
-    staged = replicas[(replicas["node"] == node.name) & (replicas["state"] == "staging")]
-    releasable = sorted(set(staged["sha256"]) & set(mine["sha256"]))
-    looked = confirm_holders(releasable, fleet, catalog, transports)
+    staged = catalog.replicas_of(mine, [ReplicaState.STAGING], [node.name])
+    looked = confirm_holders(sorted({r.sha256 for r in staged}), fleet, catalog, transports)
     settled.replication.add(looked)
-    nodes = catalog.nodes_frame()
-    distrusted = unavailable_nodes(nodes, catalog.open_breakers()) | looked.unconfirmed_nodes
-    replicas = catalog.replicas_frame([kind])
-    copies = durable_copies(replicas, nodes[~nodes["name"].isin(distrusted)])
+    distrusted = unavailable_nodes(catalog) | looked.unconfirmed_nodes
+    trusted = node_names(fleet.durable_nodes) - distrusted
+    copies = catalog.durable_copy_counts(trusted, shas=mine)
     transport = transports.for_node(node)
-    for sha in mine["sha256"]:
-        settled.durable_copies[sha] = n = int(copies.get(sha, 0))
+    for sha in mine:
+        settled.durable_copies[sha] = n = copies.get(sha, 0)
         if n < wanted:
             settled.under_replicated.append(sha)
             continue
-        for path in staged.loc[staged["sha256"] == sha, "path"]:
-            transport.remove(node, path)
-            catalog.drop_replicas(node.name, [(sha, path)])
+        for r in staged:
+            if r.sha256 == sha:
+                transport.remove(node, r.path)
+                catalog.drop_replicas(node.name, [(sha, r.path)])

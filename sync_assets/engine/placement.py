@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from resources.catalog import NodeState, ReplicaState
+
 GIB = 1024**3
 
 PLAN_COLUMNS = ["sha256", "kind", "size", "source", "target", "priority", "reason"]
@@ -35,13 +37,6 @@ class Plan:
     blocked: pd.DataFrame  # BLOCKED_COLUMNS: deficits that could not be planned, and why
 
 
-def durable_copies(replicas: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
-    """Verified copies per artifact on distinct, active, durable nodes."""
-    durable = set(nodes.loc[nodes["durable"] & (nodes["state"] == "active"), "name"])
-    ok = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
-    return ok.groupby("sha256")["node"].nunique()
-
-
 def plan_replication(
     artifacts: pd.DataFrame,
     replicas: pd.DataFrame,
@@ -56,14 +51,15 @@ def plan_replication(
     ephemeral, state, disk_total_bytes, disk_free_bytes (NaN = never probed).
     `unavailable`: nodes not to use (open circuit breaker, unreachable).
     """
-    # "staging" copies (a snapshot still on its origin node) may serve as a source but
-    # never count toward policy: they are removed once the durable copies exist.
-    counted = replicas[replicas["state"] == "verified"]
-    usable = replicas[replicas["state"].isin(["verified", "staging"])]
+    # Staging copies (a snapshot still on its origin node) may serve as a source but
+    # never count toward policy: they are removed once the durable copies exist. `have`
+    # below is the catalog's durable copy (`Catalog.durable_copy_counts`), on this table.
+    counted = replicas[replicas["state"] == ReplicaState.VERIFIED]
+    usable = replicas[replicas["state"].isin(list(ReplicaState))]
     holders = _nodes_by_sha(counted)
     anywhere = _nodes_by_sha(usable)
     node_rows = nodes.set_index("name")
-    active = node_rows[node_rows["state"] == "active"]
+    active = node_rows[node_rows["state"] == NodeState.ACTIVE]
     durable_active = {n for n in active.index if bool(active.at[n, "durable"])}
     durable_targets = sorted(durable_active - unavailable)
     ephemeral = set(active.index[active["ephemeral"].astype(bool)])
@@ -165,13 +161,6 @@ def _free_bytes_within_floor(node: pd.Series, floor: DiskFloor) -> int | None:
     by_ratio = free - (1 - floor.max_target_use) * total
     by_floor = free - floor.min_free_gb * GIB
     return max(0, int(min(by_ratio, by_floor)))
-
-
-def bytes_at_risk(artifacts: pd.DataFrame, replicas: pd.DataFrame, nodes: pd.DataFrame) -> int:
-    """Bytes of artifacts that have no verified copy on any durable node."""
-    copies = durable_copies(replicas, nodes)
-    at_risk = artifacts[~artifacts["sha256"].isin(copies[copies > 0].index)]
-    return int(at_risk["size"].sum())
 
 
 def fanout_wave(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, NodeState, Replica
 from resources.transport import Transports
 from resources.transport.base import (
     ChecksumMismatch,
@@ -21,10 +21,12 @@ from resources.transport.base import (
     NodeUnreachable,
     TransferError,
 )
+from sync_assets.engine import breaker
 from sync_assets.engine.audit import AUDITED_STATES, AuditedReplica, confirm_replicas
 from sync_assets.engine.placement import DiskFloor, Plan, fanout_wave, plan_replication
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.fleet.probe import probe_and_record
+from sync_assets.kinds import min_replicas_by_kind
 
 
 class SourceGone(TransferError):
@@ -69,10 +71,13 @@ class ReplicationResult:
             self.failures.append(str(outcome))
 
 
-def unavailable_nodes(nodes: pd.DataFrame, open_breakers: frozenset[str]) -> frozenset[str]:
+def unavailable_nodes(catalog: Catalog) -> frozenset[str]:
     """Nodes not to use as source or target: found unreachable, or breaker open."""
-    down = nodes[nodes["reachable"].eq(False)]
-    return frozenset(down["name"]) | open_breakers
+    return catalog.unreachable_nodes() | breaker.open_nodes(catalog)
+
+
+def node_names(nodes: Iterable[Node]) -> set[str]:
+    return {n.name for n in nodes}
 
 
 def copy_recorded(
@@ -91,11 +96,11 @@ def copy_recorded(
     try:
         results = transports.copy_many(src, dst, items)
     except NodeUnreachable as exc:
-        catalog.record_node_result(exc.node, str(exc))
+        breaker.record(catalog, exc.node, str(exc))
         results = [exc] * len(items)
     if any(isinstance(r, CopyResult) for r in results):
         for node in (src.name, dst.name):
-            catalog.record_node_result(node, None)
+            breaker.record(catalog, node, None)
     results = _confirm_sources(src, items, results, catalog, transports)
     for item, outcome in zip(items, results, strict=True):
         if isinstance(outcome, CopyResult):
@@ -170,21 +175,14 @@ def confirm_holders(
     (skip an export, release a staging copy, count a version as replicated). An
     unreachable node is a failure, not a loss: its copies stay."""
     result = ReplicationResult()
-    wanted = set(shas)
-    names = {n.name for n in fleet.durable_nodes} if nodes is None else set(nodes)
-    names -= unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
-    replicas = catalog.replicas_frame()
-    held = replicas[
-        replicas["sha256"].isin(wanted)
-        & replicas["node"].isin(names)
-        & (replicas["state"] == "verified")
-    ]
+    names = node_names(fleet.durable_nodes) if nodes is None else set(nodes)
+    held = catalog.replicas_of(shas, nodes=names - unavailable_nodes(catalog))
     _confirm_on_disk(held, fleet, catalog, transports, result)
     return result
 
 
 def _confirm_on_disk(
-    rows: pd.DataFrame,
+    rows: Iterable[Replica],
     fleet: Fleet,
     catalog: Catalog,
     transports: Transports,
@@ -194,24 +192,23 @@ def _confirm_on_disk(
     node; drop the wrong ones and note each as a finding. Returns (node, sha256, path) of
     those dropped. A node that cannot be looked at is a failure; its rows stay."""
     dropped: set[tuple[str, str, str]] = set()
-    for holder, group in rows.groupby("node"):
-        recorded = [
-            AuditedReplica(sha, path, int(size), None)
-            for sha, path, size in group[["sha256", "path", "size"]].itertuples(index=False)
-        ]
-        node = fleet.node(str(holder))
+    by_node: dict[str, list[AuditedReplica]] = {}
+    for r in rows:
+        by_node.setdefault(r.node, []).append(AuditedReplica(r.sha256, r.path, r.size, None))
+    for holder, recorded in sorted(by_node.items()):
+        node = fleet.node(holder)
         try:
             lost = confirm_replicas(node, catalog, transports.for_node(node), recorded)
         except TransferError as exc:
             result.failures.append(str(exc))
-            result.unconfirmed_nodes.add(str(holder))
+            result.unconfirmed_nodes.add(holder)
             continue
         for r in lost:
             result.findings.append(
                 f"node {holder}: {r.path}: recorded copy of {r.sha256[:16]} not on disk; "
                 "dropped from the catalog"
             )
-            dropped.add((str(holder), r.sha256, r.path))
+            dropped.add((holder, r.sha256, r.path))
     return dropped
 
 
@@ -235,7 +232,7 @@ def replicate(
     result = ReplicationResult()
     pending = set(shas)
     for _ in range(MAX_REPLAN_ROUNDS):
-        wanted = pending & catalog.below_policy(min_replicas)
+        wanted = pending & catalog.below_policy(min_replicas, node_names(fleet.durable_nodes))
         if not wanted:
             break
         pending = _replicate_once(
@@ -246,16 +243,25 @@ def replicate(
     return result
 
 
-def _probe_unknown_targets(fleet: Fleet, catalog: Catalog, transports: Transports) -> pd.DataFrame:
-    """The nodes frame, after probing the durable nodes whose free space was never seen:
+def _planning_nodes(fleet: Fleet, catalog: Catalog, transports: Transports) -> pd.DataFrame:
+    """The planner's node table: the inventory's nodes (active) with the disk space their
+    last probe saw. Durable nodes whose free space was never seen are probed first:
     unknown space is not room, so the planner would give them nothing."""
-    nodes = catalog.nodes_frame()
-    durable = {n.name for n in fleet.durable_nodes}
-    unknown = nodes[nodes["name"].isin(durable) & nodes["disk_free_bytes"].isna()]
-    down = unavailable_nodes(nodes, catalog.open_breakers())
-    for name in sorted(set(unknown["name"]) - down):
+    durable = node_names(fleet.durable_nodes)
+    space = catalog.disk_space(durable)
+    unknown = {n for n in durable if space.get(n, (None, None))[1] is None}
+    for name in sorted(unknown - unavailable_nodes(catalog)):
         probe_and_record(fleet.node(name), catalog, transports)
-    return catalog.nodes_frame() if not unknown.empty else nodes
+    if unknown:
+        space = catalog.disk_space(durable)
+    columns = ["name", "durable", "ephemeral", "state", "disk_total_bytes", "disk_free_bytes"]
+    rows = [
+        (n.name, n.durable, n.ephemeral, NodeState.ACTIVE, *space.get(n.name, (None, None)))
+        for n in fleet.nodes
+    ]
+    return pd.DataFrame(rows, columns=columns).astype(
+        {"disk_total_bytes": float, "disk_free_bytes": float}
+    )
 
 
 def _replicate_once(
@@ -268,20 +274,19 @@ def _replicate_once(
     result: ReplicationResult,
 ) -> set[str]:
     """One plan, executed; returns the artifacts whose source was gone (to plan again)."""
-    artifacts = catalog.artifacts_frame()
-    artifacts = artifacts[artifacts["sha256"].isin(wanted)]
+    artifacts = catalog.artifacts_frame(shas=wanted)
     if artifacts.empty:
         return set()
-    replicas = catalog.replicas_frame()
-    nodes = _probe_unknown_targets(fleet, catalog, transports)
+    replicas = catalog.replicas_frame(shas=wanted)
+    nodes = _planning_nodes(fleet, catalog, transports)
     policy = fleet.policy
     plan: Plan = plan_replication(
         artifacts,
-        replicas[replicas["sha256"].isin(wanted)],
+        replicas,
         nodes,
         min_replicas=min_replicas,
         floor=DiskFloor(policy.disk.max_target_use, policy.disk.min_free_gb),
-        unavailable=unavailable_nodes(nodes, catalog.open_breakers()),
+        unavailable=unavailable_nodes(catalog),
     )
     result.blocked = plan.blocked  # the last plan's view: earlier rounds' are superseded
     by_sha = artifacts.set_index("sha256")
@@ -327,23 +332,18 @@ def distribute(
     copies that exist now: a target whose copy failed never serves, and a source found
     gone is dropped and its target served by another holder."""
     result = ReplicationResult()
-    replicas = catalog.replicas_frame()
-    mine = replicas[
-        (replicas["sha256"] == sha256)
-        & replicas["state"].isin(AUDITED_STATES)
-        & replicas["node"].isin([n.name for n in fleet.nodes])  # departed nodes serve nothing
-    ]
-    claimed = mine[(mine["path"] == path) & mine["node"].isin(targets)]
+    # Departed nodes serve nothing.
+    mine = catalog.replicas_of([sha256], AUDITED_STATES, node_names(fleet.nodes))
+    claimed = [r for r in mine if r.path == path and r.node in targets]
     gone = {node for node, _, _ in _confirm_on_disk(claimed, fleet, catalog, transports, result)}
-    mine = mine[~((mine["path"] == path) & mine["node"].isin(gone))]
+    mine = [r for r in mine if not (r.path == path and r.node in gone)]
     # Every path each holder has it at, `path` itself first (the copy just confirmed).
-    ordered = mine.assign(here=mine["path"] != path).sort_values(["here", "node"])
     source_paths: dict[str, list[str]] = {}
-    for holder, holder_path in ordered[["node", "path"]].itertuples(index=False):
-        source_paths.setdefault(str(holder), []).append(str(holder_path))
-    done = set(mine.loc[mine["path"] == path, "node"])
+    for r in sorted(mine, key=lambda r: (r.path != path, r.node)):
+        source_paths.setdefault(r.node, []).append(r.path)
+    done = {r.node for r in mine if r.path == path}
     missing = [t for t in targets if t not in done]
-    unavailable = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    unavailable = unavailable_nodes(catalog)
     while missing:
         wave = fanout_wave(set(source_paths), missing, fleet.policy.transfers_per_node, unavailable)
         if not wave:
@@ -373,20 +373,3 @@ def distribute(
             f"{sha256[:16]}: no copy left to copy from; not placed on {', '.join(sorted(missing))}"
         )
     return result
-
-
-# Artifact kinds → the policy field that says how many durable copies they need.
-_POLICY_FIELD_OF_KIND = {
-    "games_snapshot": "games",
-    "games_canonical": "games",
-    "npz": "npz",
-    "model": "models",
-    "elo_snapshot": "elo",
-    "elo_ratings": "elo",
-}
-
-
-def min_replicas_by_kind(fleet: Fleet) -> dict[str, int]:
-    """Durable copies each artifact kind needs, from the fleet's policy."""
-    mins = fleet.policy.min_replicas
-    return {kind: getattr(mins, name) for kind, name in _POLICY_FIELD_OF_KIND.items()}

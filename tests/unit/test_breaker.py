@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from resources.catalog import Catalog
+from sync_assets.engine import breaker
 from sync_assets.engine.breaker import (
     COOLDOWN_S,
     HALF_LIFE_S,
@@ -49,7 +50,7 @@ def test_failures_decay_so_sparse_failures_never_open():
 def test_catalog_keeps_breakers_across_instances(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     for _ in range(int(THRESHOLD)):
-        Catalog(url=url).record_node_result("gpu-7", "connection refused")
-    assert Catalog(url=url).open_breakers() == frozenset({"gpu-7"})
-    Catalog(url=url).record_node_result("gpu-7", None)
-    assert Catalog(url=url).open_breakers() == frozenset()
+        breaker.record(Catalog(url=url), "gpu-7", "connection refused")
+    assert breaker.open_nodes(Catalog(url=url)) == frozenset({"gpu-7"})
+    breaker.record(Catalog(url=url), "gpu-7", None)
+    assert breaker.open_nodes(Catalog(url=url)) == frozenset()

@@ -9,10 +9,11 @@ import sqlite3
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from resources.catalog import SCHEMA_VERSION, Catalog, LeaseHeld
-from sensors.node_discovery import last_copy_holders, partition_changes
-from sync_assets.engine.placement import durable_copies
+from resources.catalog import SCHEMA_VERSION, Catalog, LeaseHeld, Replica
+from sensors.node_discovery import partition_changes
 from sync_assets.fleet.inventory import Node
 
 
@@ -154,23 +155,20 @@ def test_node_discovery_adds_in_batches_and_keeps_last_copy_holders():
 
 
 def test_last_copy_holders(catalog):
-    import pandas as pd
-
-    reps = pd.DataFrame(
-        [
-            ("a", "n1", "verified"),
-            ("a", "n2", "verified"),
-            ("b", "n3", "staging"),
-            ("c", "n4", "verified"),
-        ],
-        columns=["sha256", "node", "state"],
-    )
-    assert last_copy_holders(reps) == {"n3", "n4"}
+    for sha in "abc":
+        catalog.add_artifact(sha, kind="k", config=None, name=sha, size=1, origin_node="n1")
+    catalog.record_replica("a", "n1", "a", 1)
+    catalog.record_replica("a", "n2", "a", 1)
+    catalog.record_replica("b", "n3", "b", 1, state="staging")
+    catalog.record_replica("c", "n4", "c", 1)
+    assert catalog.last_copy_holders({"n1", "n2", "n3", "n4", "n5"}) == {"n3", "n4"}
+    assert catalog.last_copy_holders({"n1", "n4"}) == {"n4"}
+    assert catalog.last_copy_holders(set()) == set()
 
 
-def test_below_policy_counts_exactly_like_the_planner(catalog, tmp_path):
-    """The database's deficit count (what a no-op re-sync asks) must agree with the
-    planner's own (pandas, `durable_copies`) on a messy random catalog: retired and
+def test_below_policy_counts_like_a_plain_sql_oracle(catalog, tmp_path):
+    """The database's deficit count (what a no-op re-sync asks) must agree with a count
+    written independently in plain SQL on a messy random catalog: departed and
     ephemeral nodes, staging copies, two paths on one node, kinds without a policy."""
     rng = random.Random(11)
     roles = {
@@ -204,11 +202,153 @@ def test_below_policy_counts_exactly_like_the_planner(catalog, tmp_path):
             for path in rng.sample([f"a/{i}", f"b/{i}"], rng.randint(1, 2)):
                 state = rng.choice(["verified", "verified", "staging"])
                 catalog.record_replica(sha, node, path, 1, state=state)
-    artifacts, replicas = catalog.artifacts_frame(), catalog.replicas_frame()
-    copies = durable_copies(replicas, catalog.nodes_frame())
+    durable = {n.name for n in nodes if n.durable and n.name != "store-3"}  # store-3 departed
+    copies = _oracle_durable_counts(tmp_path, durable)
+    db = sqlite3.connect(tmp_path / "catalog.db")
     expected = {
-        a.sha256 for a in artifacts.itertuples() if copies.get(a.sha256, 0) < mins.get(a.kind, 0)
-    }
+        sha for sha, kind in db.execute("SELECT sha256, kind FROM artifacts")
+        if copies.get(sha, 0) < mins.get(kind, 0)
+    }  # fmt: skip
     assert 50 < len(expected) < 350  # both sides of the line are exercised
-    assert catalog.below_policy(mins) == expected
-    assert catalog.below_policy({}) == set()
+    assert catalog.below_policy(mins, durable) == expected
+    assert catalog.below_policy({}, durable) == set()
+    assert catalog.durable_copy_counts(durable) == copies
+    assert catalog.durable_copy_counts(durable, kind="npz") == {
+        sha: n
+        for sha, n in copies.items()
+        if db.execute("SELECT kind FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()[0] == "npz"
+    }
+
+
+def _oracle_durable_counts(tmp_path, durable: set[str]) -> dict[str, int]:
+    """Durable copies per artifact, in plain SQL: distinct durable nodes with a verified row."""
+    db = sqlite3.connect(tmp_path / "catalog.db")
+    marks = ",".join("?" * len(durable))
+    rows = db.execute(
+        f"SELECT sha256, COUNT(DISTINCT node) FROM replicas WHERE state = 'verified' "
+        f"AND node IN ({marks}) GROUP BY sha256",
+        sorted(durable),
+    )
+    return dict(rows)
+
+
+def test_typed_replica_queries_match_plain_sql(catalog, tmp_path):
+    rng = random.Random(5)
+    nodes = ["store-1", "store-2", "gpu-1", "gpu-2"]
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(60)]
+    for i, sha in enumerate(shas):
+        origin = rng.choice(nodes)
+        catalog.add_artifact(sha, kind=rng.choice(["x", "y"]), config=rng.choice(["a", "b"]),
+                             name=f"f/{i}", size=i + 1, origin_node=origin)  # fmt: skip
+        for node in rng.sample(nodes, rng.randint(0, 3)):
+            catalog.record_replica(
+                sha, node, f"p/{i}", i + 1, state=rng.choice(["verified", "staging"])
+            )
+    db = sqlite3.connect(tmp_path / "catalog.db")
+    some = set(rng.sample(shas, 20))
+    marks = ",".join("?" * len(some))
+    expected = db.execute(
+        f"SELECT sha256, node, path, size FROM replicas WHERE state = 'verified' "
+        f"AND sha256 IN ({marks}) ORDER BY node, path, sha256",
+        sorted(some),
+    ).fetchall()
+    assert catalog.replicas_of(some) == [Replica(*r) for r in expected]
+    on_store = [Replica(*r) for r in expected if r[1] == "store-1"]
+    assert catalog.replicas_of(some, nodes=["store-1"]) == on_store
+    staged = db.execute(
+        f"SELECT sha256 FROM replicas WHERE state = 'staging' AND sha256 IN ({marks})", sorted(some)
+    ).fetchall()
+    assert {r.sha256 for r in catalog.replicas_of(some, ["staging"])} == {s for (s,) in staged}
+    originated = db.execute(
+        "SELECT sha256 FROM artifacts WHERE kind = 'x' AND origin_node = 'gpu-1'"
+    ).fetchall()
+    assert sorted(catalog.originated("x", "gpu-1")) == sorted(s for (s,) in originated)
+    # snapshots_to_merge: census says config a, durable verified copy, not quarantined.
+    for sha in shas[:30]:
+        catalog.record_census(sha, {"a": rng.randint(0, 2), "b": 1}, 0)
+    catalog.quarantine(shas[3], "unreadable")
+    durable = {"store-1", "store-2"}
+    oracle = db.execute(
+        "SELECT c.snapshot_sha256 FROM snapshot_configs c WHERE c.config = 'a' AND c.games > 0 "
+        "AND EXISTS (SELECT 1 FROM replicas r WHERE r.sha256 = c.snapshot_sha256 "
+        "  AND r.state = 'verified' AND r.node IN ('store-1', 'store-2')) "
+        "AND c.snapshot_sha256 NOT IN (SELECT sha256 FROM quarantine)"
+    ).fetchall()
+    assert catalog.snapshots_to_merge("a", durable) == {s for (s,) in oracle}
+    assert 0 < len(oracle) < 30
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from("abcd"),
+            st.sampled_from(["n1", "n2", "n3", "n4"]),
+            st.sampled_from(["p", "q"]),
+            st.sampled_from(["verified", "staging"]),
+        ),
+        max_size=25,
+    ),
+    durable=st.sets(st.sampled_from(["n1", "n2", "n3", "n4"])),
+)
+def test_durable_copy_definition_agrees_with_brute_force(tmp_path_factory, rows, durable):
+    """One definition: a verified replica on a durable node the caller trusts, counted per
+    distinct node. `durable_copy_counts` and `below_policy` agree with counting by hand."""
+    catalog = Catalog(url=f"sqlite:///{tmp_path_factory.mktemp('c') / 'catalog.db'}")
+    for sha in "abcd":
+        catalog.add_artifact(sha, kind="k", config=None, name=sha, size=1, origin_node="n1")
+    kept: dict[tuple[str, str], tuple[str, str]] = {}  # (node, path) → the last recorded
+    for sha, node, path, state in rows:
+        catalog.record_replica(sha, node, path, 1, state=state)
+        kept[(node, path)] = (sha, state)  # a file replaced: one artifact per place
+    brute = {
+        sha: n
+        for sha in "abcd"
+        if (
+            n := len(
+                {
+                    node
+                    for (node, _), (s, st_) in kept.items()
+                    if s == sha and st_ == "verified" and node in durable
+                }
+            )
+        )  # fmt: skip
+    }
+    assert catalog.durable_copy_counts(durable) == brute
+    assert catalog.below_policy({"k": 2}, durable) == {s for s in "abcd" if brute.get(s, 0) < 2}
+
+
+def test_bytes_without_durable_copy(catalog):
+    for sha, size in (("a", 100), ("b", 7), ("c", 5)):
+        catalog.add_artifact(sha, kind="games", config=None, name=sha, size=size, origin_node="x")
+    catalog.record_replica("a", "gpu-1", "a", 100)
+    catalog.record_replica("b", "store-1", "b", 7)
+    copies = catalog.durable_copy_counts({"store-1", "store-2"})
+    assert copies == {"b": 1}
+    assert sum(size for sha, size in (("a", 100), ("b", 7), ("c", 5)) if sha not in copies) == 105
+
+
+def test_v2_catalog_moves_probes_out_of_nodes(tmp_path):
+    """A v2 catalog kept probe results on the nodes rows; v3 keeps them in `probes`."""
+    db = sqlite3.connect(tmp_path / "v2.db")
+    db.executescript(
+        """
+        CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at FLOAT NOT NULL);
+        INSERT INTO schema_version VALUES (2, 0);
+        CREATE TABLE nodes (name VARCHAR(128) PRIMARY KEY, roles VARCHAR(256) NOT NULL,
+            durable BOOLEAN NOT NULL, ephemeral BOOLEAN NOT NULL, provider VARCHAR(32) NOT NULL,
+            state VARCHAR(16) NOT NULL, reachable BOOLEAN, last_probe_at FLOAT,
+            disk_total_bytes BIGINT, disk_free_bytes BIGINT, gpu_util_percent FLOAT,
+            probe_error TEXT);
+        INSERT INTO nodes VALUES ('s1', 'storage', 1, 0, 'none', 'active', 0, 5.0, 100, 40,
+            NULL, 'timed out');
+        INSERT INTO nodes VALUES ('g1', 'selfplay', 0, 0, 'none', 'active', NULL, NULL, NULL,
+            NULL, NULL, NULL);
+        """
+    )
+    db.commit()
+    catalog = Catalog(url=f"sqlite:///{tmp_path / 'v2.db'}")
+    assert catalog.unreachable_nodes() == {"s1"}
+    assert catalog.disk_space(["s1", "g1"]) == {"s1": (100, 40)}
+    frame = catalog.nodes_frame().set_index("name")
+    assert frame.at["s1", "probe_error"] == "timed out" and frame.at["g1", "state"] == "active"

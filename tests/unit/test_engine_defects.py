@@ -373,19 +373,17 @@ def test_copies_on_an_unreachable_durable_node_count_but_show_at_risk(tmp_path: 
     """A snapshot with its 2 durable copies meets policy while one holder does not
     answer probes (it is not lost yet), and `status` shows its bytes as at risk."""
     from sync_assets.cli.status import fleet_status
-    from sync_assets.engine.replication import min_replicas_by_kind
 
     fleet, catalog = local_fleet(tmp_path, nodes=4)
     transports = Transports()
     collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
-    wanted = min_replicas_by_kind(fleet)
-    before = fleet_status(catalog, wanted)
+    before = fleet_status(catalog, fleet)
     assert before.bytes_below_policy == 0 and before.bytes_relying_on_unreachable == 0
     catalog.record_probe(
         "store-1", reachable=False, disk_total_bytes=None, disk_free_bytes=None,
         gpu_util_percent=None, error="timed out",
     )  # fmt: skip
-    after = fleet_status(catalog, wanted)
+    after = fleet_status(catalog, fleet)
     snapshots = sum(p.stat().st_size for p in (root_of(fleet, "store-1") / "games").rglob("*.db"))
     assert after.bytes_below_policy == 0
     assert after.bytes_relying_on_unreachable == snapshots > 0

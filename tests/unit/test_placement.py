@@ -13,7 +13,6 @@ from sync_assets.engine.placement import (
     PRIORITY_ONLY_EPHEMERAL,
     PRIORITY_SINGLE_COPY,
     DiskFloor,
-    bytes_at_risk,
     plan_replication,
 )
 
@@ -153,15 +152,6 @@ def test_fan_out_spreads_sources():
     reps = [(s, n, "verified") for s in "abcd" for n in ("store-1", "store-2")]
     p = plan([(s, "games", GIB) for s in "abcd"], reps, mins={"games": 3})
     assert p.transfers["source"].value_counts().to_dict() == {"store-1": 2, "store-2": 2}
-
-
-def test_bytes_at_risk_counts_only_artifacts_without_durable_copy():
-    a, r, n = frames(
-        [("a", "games", 100), ("b", "games", 7), ("c", "games", 5)],
-        [("a", "gpu-1", "verified"), ("b", "store-1", "verified")],
-        FLEET,
-    )
-    assert bytes_at_risk(a, r, n) == 105
 
 
 @pytest.mark.parametrize("mins", [{"games": 1}, {"games": 3}])
