@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from resources.transport.base import CopyItem, CopyResult, TransferError, Transport
+from resources.transport.base import CopyItem, CopyResult, NodeAddress, TransferError, Transport
 from resources.transport.local import LocalTransport
+from resources.transport.programs import Program, run_program
 from resources.transport.ssh import SshTransport
-from sync_assets.fleet.inventory import Node
-
-
-def python_for(node: Node) -> str:
-    """The interpreter that runs fleetsync's shipped programs on a node: this process's
-    own for local nodes (same numpy), the node's `python3` over SSH."""
-    return sys.executable if node.transport == "local" else "python3"
 
 
 class Transports(dg.ConfigurableResource):
@@ -29,7 +23,7 @@ class Transports(dg.ConfigurableResource):
     _local: LocalTransport = PrivateAttr(default_factory=LocalTransport)
     _ssh: SshTransport | None = PrivateAttr(default=None)
 
-    def for_node(self, node: Node) -> Transport:
+    def for_node(self, node: NodeAddress) -> Transport:
         if node.transport == "local":
             return self._local
         if self._ssh is None:
@@ -37,7 +31,7 @@ class Transports(dg.ConfigurableResource):
         return self._ssh
 
     def copy_many(
-        self, src: Node, dst: Node, items: list[CopyItem]
+        self, src: NodeAddress, dst: NodeAddress, items: list[CopyItem]
     ) -> list[CopyResult | TransferError]:
         """Copy a batch directly between nodes of the same transport."""
         if src.transport != dst.transport:
@@ -46,6 +40,18 @@ class Transports(dg.ConfigurableResource):
                 f"{dst.transport} nodes are not supported yet"
             )
         return self.for_node(src).copy_many(src, dst, items)
+
+    def run_program(
+        self,
+        node: NodeAddress,
+        program: Program,
+        args: list[str],
+        payload: Any = None,
+        *,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Run a shipped program on the node (`programs.run_program`); its JSON object."""
+        return run_program(self.for_node(node), node, program, args, payload, timeout)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._ssh is not None:

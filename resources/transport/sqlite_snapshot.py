@@ -1,7 +1,7 @@
 """Consistent single-file snapshot of a live (WAL) SQLite DB. Standard library only.
 
 Runs in-process for local nodes and on the node itself for SSH nodes
-(`python3 - SOURCE STAGING FINAL` with this file on stdin), so the bytes of a
+(`sqlite_snapshot.py SOURCE STAGING FINAL`, shipped by `programs.py`), so the bytes of a
 live DB never cross the network unsnapshotted (DATA.md: never copy a `.db` alone
 while writers run).
 
