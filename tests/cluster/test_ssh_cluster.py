@@ -37,6 +37,7 @@ from resources.transport.ssh import HostKeyRefused, SshTransport
 from sync_assets.demo.pipeline import DEMO_CONFIGS, QUIET, build_demo_fleet, demo_nodes
 from sync_assets.demo.sshd_fleet import SshdFleet
 from sync_assets.demo.synth_games import generate_game_db
+from sync_assets.engine import breaker
 from sync_assets.engine.live_db import STAGING_DIR
 from sync_assets.engine.placement import DiskFloor, plan_replication
 from sync_assets.engine.replication import copy_recorded
@@ -431,7 +432,7 @@ def test_node_killed_mid_copy_leaves_nothing_and_retry_completes(
     assert list(log["status"]) == ["failed"]
     assert (log.iloc[0]["source"], log.iloc[0]["target"]) == (src.name, dst.name)
     assert log.iloc[0]["error"], "the failure's reason is not in the transfer log"
-    breaker_after_kill = catalog.breaker(killed)
+    breaker_after_kill = breaker.state(catalog, killed)
 
     # Checked last, so one run reports every problem of this scenario.
     problems = []
@@ -457,7 +458,7 @@ def test_node_killed_mid_copy_leaves_nothing_and_retry_completes(
     assert list(mine["path"]) == [rel] and list(mine["state"]) == ["verified"]
     assert list(catalog.transfers_frame()["status"]) == ["failed", "ok"]
     assert [f.path for f in t.list(dst, "npz").files] == [rel]
-    assert catalog.breaker(killed).failures == 0, "a verified copy must close the breaker"
+    assert breaker.state(catalog, killed).failures == 0, "a verified copy must close the breaker"
     if leftovers := [
         (p.relative_to(dst_root).as_posix(), p.stat().st_size)
         for p in dst_root.rglob("*")
@@ -711,8 +712,8 @@ def test_breaker_opens_on_a_dead_durable_node_and_the_planner_routes_around_it(
     vanish(sshd, "store-1")
 
     # Every pass tries store-1 again (once per batch) until its breaker opens.
-    passes, state = 0, catalog.breaker("store-1")
-    while not catalog.open_breakers():
+    passes, state = 0, breaker.state(catalog, "store-1")
+    while not breaker.open_nodes(catalog):
         passes += 1
         assert passes <= 3, f"breaker still closed after 3 failing passes: {state}"
         result = collect_node_games(gpu, fleet, catalog, transports)
@@ -722,10 +723,11 @@ def test_breaker_opens_on_a_dead_durable_node_and_the_planner_routes_around_it(
             "games/selfplay_hex8_2p.db",
             "games/tournament_square8_2p.db",
         ]
-        state = catalog.breaker("store-1")
+        state = breaker.state(catalog, "store-1")
         assert (state.opened_at is not None) == (round(state.failures, 1) >= 3), state
-    assert catalog.open_breakers() == {"store-1"}
-    assert catalog.breaker("store-2").failures == catalog.breaker("gpu-1").failures == 0
+    assert breaker.open_nodes(catalog) == {"store-1"}
+    assert breaker.state(catalog, "store-2").failures == 0
+    assert breaker.state(catalog, "gpu-1").failures == 0
     log = catalog.transfers_frame()
     tried = log[log["target"] == "store-1"]
     assert len(tried) >= 3 and (tried["status"] == "failed").all()
@@ -737,14 +739,14 @@ def test_breaker_opens_on_a_dead_durable_node_and_the_planner_routes_around_it(
             DiskFloor(0.98, 0.5))  # fmt: skip
     naive = plan_replication(*args)
     assert set(naive.transfers["target"]) == {"store-1"}
-    routed = plan_replication(*args, unavailable=catalog.open_breakers())
+    routed = plan_replication(*args, unavailable=breaker.open_nodes(catalog))
     assert set(routed.transfers["target"]) == {"store-3"}
 
-    opened = catalog.breaker("store-1")
+    opened = breaker.state(catalog, "store-1")
     result = collect_node_games(gpu, fleet, catalog, transports)
     assert result.replication.failures == []
     assert result.under_replicated == []
-    assert catalog.breaker("store-1") == opened, "the open node was attempted"
+    assert breaker.state(catalog, "store-1") == opened, "the open node was attempted"
     after = catalog.transfers_frame()
     new = after.iloc[len(log) :]
     assert not new.empty and set(new["target"]) == {"store-3"}
