@@ -3,7 +3,8 @@
 This file is shipped to nodes and run there (LESSONS 10: the raw rows are what
 travels and what is kept; ratings are recomputed centrally from all of them):
 
-    python3 -c BOOT COMMAND ARGS...   (this file, then an optional JSON payload, on stdin)
+    matches.py COMMAND ARGS...   (a bundle with `fleet/configs.py`, then an optional
+                                  JSON payload, on stdin: `resources/transport/programs.py`)
 
     check SNAPSHOT             does it read as an Elo DB? → {"seen", "valid", "rejected"}
     union FLEET_DB             payload [{"path", "sha256", "label"}...] → per-snapshot stats
@@ -12,7 +13,7 @@ travels and what is kept; ratings are recomputed centrally from all of them):
                                   model_refs], ...] ordered by match_id, "conflicts": N}
 
 JSON on stdout; on error `{"error": ...}` and exit 2. Standard library only,
-Python ≥ 3.8 (the fleet's images), so nothing here imports a neighbour.
+Python ≥ 3.8 (the fleet's images): nothing here imports a neighbour but its helper.
 
 Reading (`DATA.md`, "Elo database"): `match_history` with `participant_ids` (JSON
 list) or the pair variants `participant_a/participant_b`, `model_a/model_b`;
@@ -87,7 +88,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import hashlib
 import json
 import math
@@ -99,17 +99,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Duplicated from sync_assets.fleet.configs on purpose: this file must stay import-free.
-_BOARD_ALIASES = {
-    "hex8": "hex8",
-    "square8": "square8",
-    "sq8": "square8",
-    "square19": "square19",
-    "sq19": "square19",
-    "hexagonal": "hexagonal",
-    "hex": "hexagonal",
-}
-_CONFIG_RE = re.compile(r"^([a-z0-9]+)_([234])p?$")
+from sync_assets.fleet.configs import normalize_config
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
 _ISO = re.compile(
@@ -217,16 +208,6 @@ class Match:
 
 
 # ---- pure normalisation -----------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1024)
-def normalize_config(key: str) -> str:
-    """`sq8_2P`, `hex_2p`, `hex8_2` → `square8_2p`, `hexagonal_2p`, `hex8_2p`; ValueError else."""
-    m = _CONFIG_RE.match(str(key).strip().lower())
-    board = _BOARD_ALIASES.get(m.group(1)) if m else None
-    if m is None or board is None:
-        raise ValueError(f"unknown config key {key!r}")
-    return f"{board}_{m.group(2)}p"
 
 
 def _iso_seconds(text: str) -> float | None:

@@ -2,9 +2,9 @@
 
 Shipped to the node that holds the file and run there, like `matches.py`:
 
-    python3 -c BOOT write RATINGS_DB CONFIG   payload {"rows": [...], "now": epoch s}
-    python3 -c BOOT read RATINGS_DB [CONFIG]  → {"rows": [...]}
-    python3 -c BOOT verify RATINGS_DB SHA256  → {"sha256", "mode", "rows"}; chmod 0444
+    ratings_db.py write RATINGS_DB CONFIG   payload {"rows": [...], "now": epoch s}
+    ratings_db.py read RATINGS_DB [CONFIG]  → {"rows": [...]}
+    ratings_db.py verify RATINGS_DB SHA256  → {"sha256", "mode", "rows"}; chmod 0444
 
 JSON on stdout; on error `{"error": ...}` and exit 2. Standard library only, Python ≥ 3.8.
 

@@ -1,57 +1,22 @@
-"""Running the Elo node scripts (`matches.py`, `ratings_db.py`) where the files are.
+"""What Elo runs on nodes: its two shipped programs, and the lease their writers queue on.
 
-The bytes of an Elo DB never pass through the orchestrator: a script goes to the node
-over the transport and runs there. It travels on stdin behind a one-line bootstrap,
-`python3 -c "exec(first N bytes of stdin)" ARGS`, so that what follows it on stdin —
-a JSON payload of any size (ratings rows, a list of snapshots) — reaches the script
-without an argv length limit or a temporary file on the node.
+The bytes of an Elo DB never pass through the orchestrator: `matches.py` and
+`ratings_db.py` go to the node (`Transports.run_program`) and run where the files are.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import Any
 
 from resources.catalog import Catalog, LeaseHeld
-from resources.transport import Transports, python_for
-from resources.transport.base import TransferError
+from resources.transport.programs import Program
 from sync_assets.elo import matches, ratings_db
-from sync_assets.fleet.inventory import Node
+from sync_assets.fleet import configs
 
-MATCHES_SCRIPT = Path(matches.__file__).read_bytes()
-RATINGS_DB_SCRIPT = Path(ratings_db.__file__).read_bytes()
-
-
-class NodeScriptFailed(TransferError):
-    """A node script ran and refused (bad input file, failed check); the message says why."""
-
-
-def run_script(
-    node: Node,
-    transports: Transports,
-    script: bytes,
-    args: list[str],
-    payload: Any = None,
-    timeout: float = 3600,
-) -> dict[str, Any]:
-    """Run a node script with `args` and an optional JSON payload; its JSON result."""
-    boot = f"import sys;exec(compile(sys.stdin.buffer.read({len(script)}),'fleetsync','exec'))"
-    stdin = script + (json.dumps(payload).encode() if payload is not None else b"")
-    argv = [python_for(node), "-c", boot, *args]
-    done = transports.for_node(node).exec(node, argv, stdin=stdin, timeout=timeout)
-    try:
-        result = json.loads(done.stdout)
-    except ValueError:
-        result = None
-    if done.returncode != 0 or not isinstance(result, dict):
-        why = result.get("error") if isinstance(result, dict) else None
-        why = why or done.stderr.decode(errors="replace").strip()[-2000:] or "no output"
-        raise NodeScriptFailed(f"node {node.name}: {' '.join(args[:2])}: {why}")
-    return result
+MATCHES_PY = Program("matches.py", matches, (configs,))
+RATINGS_DB_PY = Program("ratings_db.py", ratings_db)
 
 
 @contextmanager

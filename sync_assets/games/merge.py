@@ -1,14 +1,15 @@
 """Merge node game-DB snapshots into one `canonical_{config}.db` (DATA.md, "Game databases").
 
-This file is shipped to remote nodes and run there with its source on stdin:
+This file is shipped to remote nodes (a bundle with `fleet/configs.py`, its one
+helper: `resources/transport/programs.py`) and run there:
 
-    python3 - CANONICAL CONFIG SNAPSHOT[=LABEL]...  → merge stats, JSON on stdout
-    python3 - --census SNAPSHOT                     → the snapshot's games per config, JSON
+    merge.py CANONICAL CONFIG SNAPSHOT[=LABEL]...  → merge stats, JSON on stdout
+    merge.py --census SNAPSHOT                     → the snapshot's games per config, JSON
 
-so it imports nothing but the standard library (and runs on Python ≥ 3.8). For
-the same reason the game-DB schema (v18) is defined *here*, not in
-`schema.py`: a file read from stdin cannot import a neighbour, and one DDL in
-two places would drift. `schema.py` re-exports it for the rest of fleetsync.
+so it imports nothing but the standard library and that helper (and runs on Python
+≥ 3.8). For the same reason the game-DB schema (v18) is defined *here*, not in
+`schema.py`: the node gets only the bundle, and one DDL in two places would drift.
+`schema.py` re-exports it for the rest of fleetsync.
 
 Routing. A game belongs to the config of its own `board_type` and `num_players`,
 normalised like config keys (board aliases such as `sq8` or `hex`, case and blanks
@@ -86,6 +87,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from sync_assets.fleet.configs import BOARD_ALIASES
 
 SCHEMA_VERSION = 18
 
@@ -213,17 +216,6 @@ _FINGERPRINT_FIELDS = ("move_number", "player", "move_type", "move_json")
 # Child tables a game is complete without: their bad rows are dropped, not the game.
 _OPTIONAL_TABLES = ("game_players", "game_initial_state", "game_state_snapshots")
 
-# Duplicated from sync_assets.fleet.configs on purpose: this file must stay import-free.
-_BOARD_ALIASES = {
-    "hex8": "hex8",
-    "square8": "square8",
-    "sq8": "square8",
-    "square19": "square19",
-    "sq19": "square19",
-    "hexagonal": "hexagonal",
-    "hex": "hexagonal",
-}
-
 
 class MergeError(Exception):
     """Canonical cannot be merged into (or an unknown config); `completed` = the per-snapshot
@@ -239,7 +231,7 @@ class SnapshotUnreadable(Exception):
 
 
 def _board_of(value: object) -> str | None:
-    return _BOARD_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
+    return BOARD_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
 
 
 def _players_of(value: object) -> int | None:

@@ -27,11 +27,11 @@ from sync_assets.demo.synth_games import (
 )
 from sync_assets.fleet.configs import STANDARD_CONFIGS, normalize_config, split_config
 from sync_assets.games import merge
+from sync_assets.games.collect import MERGE_PY
 from sync_assets.games.merge import MergeError, merge_snapshots
 from sync_assets.games.schema import GAME_TABLES
 
 CONFIGS = ["hex8_2p", "square8_2p", "hexagonal_3p"]
-MERGE_SOURCE = Path(merge.__file__)
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +400,7 @@ def test_cli_from_stdin_prints_json(fleet: FleetSeed, tmp_path: Path) -> None:
     args = [f"{path}={label}" for path, label in snaps]
     run = subprocess.run(
         [sys.executable, "-I", "-", str(tmp_path / "remote.db"), "hexagonal_3P", *args],
-        input=MERGE_SOURCE.read_text(),
+        input=MERGE_PY.bundle.decode(),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -416,7 +416,7 @@ def test_cli_from_stdin_prints_json(fleet: FleetSeed, tmp_path: Path) -> None:
     garbage.write_bytes(b"garbage" * 100)
     bad = subprocess.run(
         [sys.executable, "-I", "-", str(tmp_path / "remote.db"), "hex8_2p", str(garbage)],
-        input=MERGE_SOURCE.read_text(),
+        input=MERGE_PY.bundle.decode(),
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -20,9 +20,8 @@ import pytest
 
 from sync_assets.demo.synth_games import make_specs, strip_keys, write_game_db
 from sync_assets.games import merge
+from sync_assets.games.collect import MERGE_PY
 from sync_assets.games.merge import MergeError, merge_snapshots
-
-MERGE_SOURCE = Path(merge.__file__)
 
 
 def node_db(path: Path, configs: list[str], n_games: int, seed: int) -> Path:
@@ -61,7 +60,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     """merge.py as shipped: source on stdin, isolated interpreter."""
     return subprocess.run(
         [sys.executable, "-I", "-", *args],
-        input=MERGE_SOURCE.read_text(),
+        input=MERGE_PY.bundle.decode(),
         capture_output=True,
         text=True,
         timeout=120,
