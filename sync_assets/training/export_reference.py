@@ -1,9 +1,10 @@
 """The built-in reference exporter: canonical game DB + config → one NPZ shard (DATA.md).
 
 Shipped to the node that holds the canonical DB and run there (bundled with
-`npz_check.py`, see `remote.py`), so game bytes never cross the network:
+`npz_check.py`, see `resources/transport/programs.py`), so game bytes never cross the
+network:
 
-    python3 - CANONICAL.db OUT.npz CONFIG      → JSON on stdout; exit 0 when published
+    export_reference.py CANONICAL.db OUT.npz CONFIG      → JSON on stdout; exit 0 when published
 
 numpy + standard library only (Python ≥ 3.8, SQLite with JSON1). It exists so the demo,
 the tests and fleets without an exporter of their own get real shards in the shapes of

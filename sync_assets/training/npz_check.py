@@ -1,8 +1,8 @@
 """Validate an NPZ training shard (DATA.md, "NPZ shards"): numpy + standard library only.
 
-Shipped to nodes and run there with its source on stdin, like `games/merge.py`:
+Shipped to nodes and run there (`resources/transport/programs.py`), like `games/merge.py`:
 
-    python3 - SHARD.npz        → the result as JSON on stdout; exit 0 valid, 1 invalid
+    npz_check.py SHARD.npz     → the result as JSON on stdout; exit 0 valid, 1 invalid
 
 because a shard must be checked where it was written and after every move (a resumed
 partial transfer once turned a 955 MB shard into an "array" of 22 billion elements).

@@ -24,19 +24,19 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.exporter import Exporter, ExportResult
+from resources.exporter import Exporter
 from resources.transport import Transports
-from sync_assets.engine.placement import durable_copies
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
     distribute,
+    node_names,
     replicate,
     unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.canonical import CANONICAL_KIND
-from sync_assets.training.remote import rename_on_node
+from sync_assets.training.export import ExportResult, export_canonical
 
 NPZ_KIND = "npz"
 NPZ_ALIAS = "npz"  # the current shard of a config (read by the training_trigger sensor)
@@ -84,7 +84,6 @@ def export_npz(
 
     One writer per config: a catalog lease (concurrent exports once corrupted shards)."""
     result = NpzExport(config=config)
-    catalog.sync_nodes(fleet.nodes)
     with catalog.lease(f"training/npz/{config}"):
         canonical = catalog.alias(CANONICAL_KIND, config)
         result.current = catalog.alias(NPZ_ALIAS, config)
@@ -95,11 +94,11 @@ def export_npz(
         elif (
             result.current is not None
             and catalog.alias(NPZ_SOURCE_ALIAS, config) == canonical
-            and _has_verified_copy(catalog, result.current)
+            and _has_verified_copy(catalog, result.current, fleet)
         ):
             result.skipped = f"canonical DB {canonical[:12]} unchanged since the last export"
         else:
-            exported = exporter.export(fleet, catalog, transports, config)
+            exported = export_canonical(exporter, fleet, catalog, transports, config)
             result.exported = exported
             result.moved.add(exported.canonical_moved)
             node = fleet.node(exported.node)
@@ -107,7 +106,7 @@ def export_npz(
                 _publish(exported, node, catalog, transports)
             else:
                 result.quarantined = quarantine_path(config, exported.sha256)
-                rename_on_node(node, exported.path, result.quarantined, transports)
+                transports.for_node(node).rename(node, exported.path, result.quarantined)
         if result.exported is not None and result.exported.ok:
             result.current = result.exported.sha256
         if result.current is not None:
@@ -115,7 +114,8 @@ def export_npz(
             result.moved.add(
                 replicate([sha], fleet, catalog, transports, lambda _row: shard_path(config, sha))
             )
-            result.durable_copies = _durable_copies(catalog, sha)
+            durable = node_names(fleet.durable_nodes)
+            result.durable_copies = catalog.durable_copy_counts(durable, shas=[sha]).get(sha, 0)
         if result.exported is not None and result.exported.ok and result.durable_copies:
             catalog.set_alias(NPZ_ALIAS, config, result.exported.sha256)
             catalog.set_alias(NPZ_SOURCE_ALIAS, config, result.exported.canonical_sha256)
@@ -125,7 +125,7 @@ def export_npz(
 def _publish(exported: ExportResult, node: Node, catalog: Catalog, transports: Transports) -> None:
     """Rename the validated staging file to its content-addressed name; record it."""
     final = shard_path(exported.config, exported.sha256)
-    rename_on_node(node, exported.path, final, transports)
+    transports.for_node(node).rename(node, exported.path, final)
     catalog.add_artifact(
         exported.sha256,
         kind=NPZ_KIND,
@@ -137,21 +137,11 @@ def _publish(exported: ExportResult, node: Node, catalog: Catalog, transports: T
     catalog.record_replica(exported.sha256, node.name, final, exported.size)
 
 
-def _has_verified_copy(catalog: Catalog, sha256: str) -> bool:
-    """A shard with no copy left that can serve (verified, on an active node that
+def _has_verified_copy(catalog: Catalog, sha256: str, fleet: Fleet) -> bool:
+    """A shard with no copy left that can serve (verified, on an inventory node that
     answers) is exported again, even from an unchanged DB."""
-    replicas = catalog.replicas_frame([NPZ_KIND])
-    nodes = catalog.nodes_frame()
-    serving = set(nodes.loc[nodes["state"] == "active", "name"]) - unavailable_nodes(
-        nodes, catalog.open_breakers()
-    )
-    mine = replicas[(replicas["sha256"] == sha256) & (replicas["state"] == "verified")]
-    return bool(mine["node"].isin(serving).any())
-
-
-def _durable_copies(catalog: Catalog, sha256: str) -> int:
-    copies = durable_copies(catalog.replicas_frame([NPZ_KIND]), catalog.nodes_frame())
-    return int(copies.get(sha256, 0))
+    serving = node_names(fleet.nodes) - unavailable_nodes(catalog)
+    return bool(catalog.replicas_of([sha256], nodes=serving))
 
 
 @dataclass
@@ -177,7 +167,6 @@ def place_on_node(node: Node, fleet: Fleet, catalog: Catalog, transports: Transp
     columns = ["config", "sha256", "bytes", "verified"]
     if node.name not in {n.name for n in fleet.nodes_with_role("training")}:
         return NodeShards(training_node=False, shards=pd.DataFrame(columns=columns))
-    catalog.sync_nodes(fleet.nodes)
     transport = transports.for_node(node)
     moved = ReplicationResult()
     rows = []

@@ -16,7 +16,7 @@ import pydantic
 import pytest
 
 from resources.catalog import Catalog
-from resources.exporter import Exporter, ExportFailed, render_command
+from resources.exporter import Exporter, render_command
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.local import sha256_file
@@ -26,11 +26,11 @@ from sync_assets.fleet.assets import node_status
 from sync_assets.fleet.inventory import load_inventory
 from sync_assets.games.assets import games_canonical, games_selfplay
 from sync_assets.games.merge import merge_snapshots
-from sync_assets.training import export_reference, npz_check
+from sync_assets.training import export_reference
 from sync_assets.training.assets import training_npz, training_npz_on_node
+from sync_assets.training.export import NPZ_CHECK, REFERENCE, ExportFailed
 from sync_assets.training.export_reference import HISTORY, export
 from sync_assets.training.npz_check import array_sha256, check_npz
-from sync_assets.training.remote import bundle
 from sync_assets.training.shards import (
     NPZ_ALIAS,
     NPZ_KIND,
@@ -219,12 +219,12 @@ def test_missing_file_and_cli(tmp_path, corpus):
         f"no such file: {tmp_path / 'nope.npz'}"
     ]
     done = subprocess.run(
-        [sys.executable, "-I", "-"], input=bundle(npz_check), capture_output=True,
+        [sys.executable, "-I", "-"], input=NPZ_CHECK.bundle, capture_output=True,
         cwd=tmp_path, check=False,
     )  # fmt: skip
     assert done.returncode == 2  # usage
     ok = subprocess.run(
-        [sys.executable, "-I", "-", str(corpus["shard"])], input=bundle(npz_check),
+        [sys.executable, "-I", "-", str(corpus["shard"])], input=NPZ_CHECK.bundle,
         capture_output=True, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"]
@@ -274,7 +274,7 @@ def test_reference_export_is_deterministic_and_ships_alone(corpus, tmp_path):
     out = tmp_path / "shipped.npz"
     done = subprocess.run(
         [sys.executable, "-I", "-", str(corpus["canonical"]), str(out), CONFIG],
-        input=bundle(export_reference, npz_check), capture_output=True, cwd=tmp_path,
+        input=REFERENCE.bundle, capture_output=True, cwd=tmp_path,
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()

@@ -18,9 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_assets.training import npz_check
+from sync_assets.training.export import NPZ_CHECK
 from sync_assets.training.npz_check import check_npz
-from sync_assets.training.remote import bundle
 
 N = 3
 # DATA.md, "NPZ shards": the per-sample arrays, each [N, ...].
@@ -160,7 +159,7 @@ def test_the_shipped_checker_refuses_a_0d_values_shard(tmp_path: Path) -> None:
     arrays["values"] = zero_d(arrays["values"])
     shard = write_shard(tmp_path / "bad.npz", arrays)
     done = subprocess.run(
-        [sys.executable, "-I", "-", str(shard)], input=bundle(npz_check),
+        [sys.executable, "-I", "-", str(shard)], input=NPZ_CHECK.bundle,
         capture_output=True, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
