@@ -42,7 +42,7 @@ from pydantic import (
 from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath
 from sync_assets.fleet.configs import ConfigKeyError, normalize_config
 from sync_assets.fleet.inventory import Fleet, InventoryError, load_inventory
-from sync_assets.models.publish import candidate_path_problem
+from sync_assets.models.promotion import candidate_path_problem
 
 Kind = Literal["candidate", "npz"]
 KINDS: tuple[Kind, ...] = ("candidate", "npz")

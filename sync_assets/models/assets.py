@@ -8,17 +8,9 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from resources.transport.base import NodeUnreachable
-from sync_assets.elo.standings import standings_for
 from sync_assets.fleet.inventory import Fleet, load_fleet
 from sync_assets.metadata import raise_on_failures, table, transfer_metadata
-from sync_assets.models.promotion import Decision, decide_promotion
-from sync_assets.models.publish import (
-    PROMOTED_ALIAS,
-    CandidateRejected,
-    place_promoted,
-    register_candidate,
-)
+from sync_assets.models.publish import PROMOTED_ALIAS, place_promoted, promote
 from sync_assets.partitions import configs_partitions, nodes_partitions
 from sync_assets.reports import Candidate, Rejected, candidate_from_event
 from sync_assets.retries import NETWORK_RETRY
@@ -91,89 +83,45 @@ def models_promoted(
 ) -> dg.MaterializeResult:
     fleet = load_fleet(inventory)
     config = context.partition_key
-    promoted_sha = catalog.alias(PROMOTED_ALIAS, config)
-    wanted = fleet.policy.min_replicas.models
-
-    def result(
-        decision: Decision, *, rejected: bool = False, **extra: "dg.RawMetadataValue"
-    ) -> dg.MaterializeResult:
-        holders = extra.pop("holders", None)
-        return dg.MaterializeResult(
-            metadata={
-                "promoted": decision.promote,
-                "reason": decision.reason,
-                "promoted_sha256": catalog.alias(PROMOTED_ALIAS, config) or "none",
-                "report_rejected": rejected,
-                **extra,
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="promoted_on_durable_nodes",
-                    passed=holders is None or len(holders) >= wanted,  # type: ignore[arg-type]
-                    metadata={"required": wanted, "holders": dg.MetadataValue.json(holders)},
-                ),
-                dg.AssetCheckResult(
-                    check_name="candidate_report_accepted",
-                    passed=not rejected,
-                    metadata={"reason": decision.reason if rejected else "no"},
-                ),
-            ],
-        )
-
-    def unchanged(
-        decision: Decision, *, rejected: bool = False, **extra: "dg.RawMetadataValue"
-    ) -> dg.MaterializeResult:
-        """No promotion: the promoted model stays on the durable nodes, and is copied
-        again where a node lost it (the catalog's word is checked on disk)."""
-        if promoted_sha is None:
-            return result(decision, rejected=rejected, **extra)
-        kept = place_promoted(config, promoted_sha, fleet.durable_nodes, fleet, catalog, transports)
-        raise_on_failures(kept.moved, f"config {config}: keeping the promoted model")
-        return result(
-            decision, rejected=rejected, holders=kept.holders, **extra,
-            **transfer_metadata(kept.moved),
-        )  # fmt: skip
-
     decided_at = catalog.alias_updated_at(PROMOTED_ALIAS, config)
     candidate = _latest_candidate(context.instance, config, fleet, context.log, decided_at)
-    if candidate is None:
-        return unchanged(Decision(False, "no candidate reported for this config"))
-    if isinstance(candidate, Rejected):
-        reason = f"candidate report rejected: {candidate.reason}"
-        return unchanged(Decision(False, reason), rejected=True)
-    node = fleet.node(candidate.node)
-    try:
-        register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
-    except CandidateRejected as exc:
-        return unchanged(Decision(False, str(exc)), rejected=True)
-    except NodeUnreachable as exc:  # decided when the node answers; the promoted one stays
-        return unchanged(Decision(False, f"candidate not checked, its node is unreachable: {exc}"))
-    mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
-    decision = decide_promotion(
-        candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
-    )
-    extra: dict[str, dg.RawMetadataValue] = {
-        "candidate_sha256": candidate.sha256,
-        "candidate_rating": mine.rating if mine.rating is not None else "unrated",
-        "candidate_games": mine.games,
-    }
-    if not decision.promote:
-        return unchanged(decision, **extra)
-    placement = place_promoted(
-        config, candidate.sha256, fleet.durable_nodes, fleet, catalog, transports
-    )
-    if placement.changed_sources:
-        extra["changed_sources"] = dg.MetadataValue.json(placement.changed_sources)
-    if not placement.holders and placement.changed_sources:
-        changed = "; ".join(placement.changed_sources)
-        reason = f"the candidate changed on its node since it was checked: {changed}"
-        return unchanged(Decision(False, reason), rejected=True, **extra)
-    raise_on_failures(placement.moved, f"config {config}: placing the promoted model")
-    if not placement.holders:
+    result = promote(config, candidate, fleet, catalog, transports)
+    decision, holders = result.decision, result.holders
+    step = "placing" if decision.promote else "keeping"
+    raise_on_failures(result.moved, f"config {config}: {step} the promoted model")
+    if decision.promote and not holders:
         raise dg.Failure(f"config {config}: the promoted model reached no durable node")
-    catalog.set_alias(PROMOTED_ALIAS, config, candidate.sha256)
-    return result(
-        decision, holders=placement.holders, **extra, **transfer_metadata(placement.moved)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "promoted_sha256": result.promoted_sha256 or "none",
+        "report_rejected": result.report_rejected,
+    }
+    if result.candidate is not None:
+        rating = result.candidate.rating
+        metadata["candidate_sha256"] = result.candidate_sha256
+        metadata["candidate_rating"] = rating if rating is not None else "unrated"
+        metadata["candidate_games"] = result.candidate.games
+    if result.changed_sources:
+        metadata["changed_sources"] = dg.MetadataValue.json(result.changed_sources)
+    if holders is not None:
+        metadata |= transfer_metadata(result.moved)
+    wanted = fleet.policy.min_replicas.models
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="promoted_on_durable_nodes",
+                passed=holders is None or len(holders) >= wanted,
+                # None (no promoted model) shows as null, as it always has.
+                metadata={"required": wanted, "holders": dg.MetadataValue.json(holders)},  # type: ignore[arg-type]
+            ),
+            dg.AssetCheckResult(
+                check_name="candidate_report_accepted",
+                passed=not result.report_rejected,
+                metadata={"reason": decision.reason if result.report_rejected else "no"},
+            ),
+        ],
     )
 
 

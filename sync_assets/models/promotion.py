@@ -1,4 +1,5 @@
-"""The promotion gate: which model becomes `canonical` for a config. Pure, no I/O.
+"""The promotion gate: which model becomes `canonical` for a config, and which file may
+be a candidate at all. Pure, no I/O.
 
 A candidate is promoted when a training repo reports an explicit decision, or
 when its rating beats the promoted model's by `margin` Elo over at least
@@ -13,6 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resources.transport.paths import UnsafePathError, safe_relpath
+
+MODELS_DIR = "models"
+# Names fleetsync publishes under models/: never a candidate, whatever a report says.
+PUBLISHED_PREFIXES = ("canonical_", "ringrift_best_")
 DEFAULT_MARGIN = 20.0
 DEFAULT_MIN_GAMES = 200
 
@@ -66,3 +72,23 @@ def decide_promotion(
     if lead < margin:
         return Decision(False, f"candidate leads by {lead:+.1f} Elo, needs {margin:+.1f}")
     return Decision(True, f"candidate leads by {lead:+.1f} Elo over {candidate.games} games")
+
+
+def candidate_path_problem(path: str) -> str | None:
+    """Why `path` cannot name a reported candidate model, or None when it can. Pure.
+
+    It must be a safe relative path under `models/` naming a file training wrote, never
+    one fleetsync publishes (the promoted `canonical_*` model, the `ringrift_best_*`
+    symlink). Checked after normalisation, so `models/./canonical_x.pth` is refused like
+    `models/canonical_x.pth`; a `..` never passes (`models/sub/../canonical_x.pth`)."""
+    try:
+        rel = safe_relpath(path)
+    except UnsafePathError as exc:
+        return str(exc)
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[0] != MODELS_DIR:
+        return f"{rel!r}: a candidate model is a file under {MODELS_DIR}/"
+    if parts[-1].lower().startswith(PUBLISHED_PREFIXES):
+        published = " and ".join(f"{prefix}*" for prefix in PUBLISHED_PREFIXES)
+        return f"{rel!r}: {published} are fleetsync's promoted models, never a candidate"
+    return None

@@ -1,5 +1,10 @@
 """Promote a verified candidate and keep the promoted models on every GPU node.
 
+`promote` is the workflow of `models/promoted`: check the reported candidate on its
+node, look up both models' ratings, ask the gate (`promotion.py`), place the winner on
+the durable nodes and only then flip the alias; without a promotion, the promoted model
+stays on the durable nodes.
+
 No Dagster here: the assets call these functions and report what they return.
 A node keeps its previous model until the new bytes are verified there: the
 copy lands under a staging name, is hashed, renamed over `canonical_{config}.pth`,
@@ -17,15 +22,21 @@ from dataclasses import dataclass, field
 from resources.catalog import Catalog
 from resources.transport import Transports
 from resources.transport.base import NodeUnreachable, TransferError, Transport
-from resources.transport.paths import UnsafePathError, safe_relpath
+from resources.transport.paths import safe_relpath
+from sync_assets.elo.standings import standings_for
 from sync_assets.engine.replication import ReplicationResult, distribute
 from sync_assets.fleet.inventory import Fleet, Node
+from sync_assets.models.promotion import (
+    MODELS_DIR,
+    Decision,
+    Standing,
+    candidate_path_problem,
+    decide_promotion,
+)
+from sync_assets.reports import Candidate, Rejected
 
 MODEL_KIND = "model"
 PROMOTED_ALIAS = "model_promoted"
-MODELS_DIR = "models"
-# Names fleetsync publishes under models/: never a candidate, whatever a report says.
-PUBLISHED_PREFIXES = ("canonical_", "ringrift_best_")
 
 
 def canonical_model_path(config: str) -> str:
@@ -34,26 +45,6 @@ def canonical_model_path(config: str) -> str:
 
 def best_link_path(config: str) -> str:
     return f"{MODELS_DIR}/ringrift_best_{config}.pth"
-
-
-def candidate_path_problem(path: str) -> str | None:
-    """Why `path` cannot name a reported candidate model, or None when it can. Pure.
-
-    It must be a safe relative path under `models/` naming a file training wrote, never
-    one fleetsync publishes (the promoted `canonical_*` model, the `ringrift_best_*`
-    symlink). Checked after normalisation, so `models/./canonical_x.pth` is refused like
-    `models/canonical_x.pth`; a `..` never passes (`models/sub/../canonical_x.pth`)."""
-    try:
-        rel = safe_relpath(path)
-    except UnsafePathError as exc:
-        return str(exc)
-    parts = rel.split("/")
-    if len(parts) < 2 or parts[0] != MODELS_DIR:
-        return f"{rel!r}: a candidate model is a file under {MODELS_DIR}/"
-    if parts[-1].lower().startswith(PUBLISHED_PREFIXES):
-        published = " and ".join(f"{prefix}*" for prefix in PUBLISHED_PREFIXES)
-        return f"{rel!r}: {published} are fleetsync's promoted models, never a candidate"
-    return None
 
 
 class CandidateRejected(TransferError):
@@ -198,3 +189,88 @@ def drop_changed_candidate_copies(
             seen = "is gone or being written" if now is None else f"now hashes to {now[1][:12]}"
             dropped.append(f"node {name}: {path} {seen}, not {sha256[:12]}: row dropped")
     return dropped
+
+
+@dataclass
+class Promotion:
+    """What `promote` decided and did. `holders`: the durable nodes holding the promoted
+    model (None: no model is promoted for the config)."""
+
+    decision: Decision
+    promoted_sha256: str | None
+    report_rejected: bool = False
+    candidate_sha256: str | None = None  # set once the candidate's rating was looked up
+    candidate: Standing | None = None
+    holders: list[str] | None = None
+    changed_sources: list[str] = field(default_factory=list)
+    moved: ReplicationResult = field(default_factory=ReplicationResult)
+
+
+def promote(
+    config: str,
+    candidate: Candidate | Rejected | None,
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+) -> Promotion:
+    """Decide the newest candidate report of `config` and act on the decision.
+
+    The alias flips only once the candidate is on a durable node with no failed copy;
+    a result with failures in `moved`, or a promotion that reached no durable node,
+    left the alias as it was (the caller fails the step)."""
+    promoted_sha = catalog.alias(PROMOTED_ALIAS, config)
+
+    def unchanged(
+        decision: Decision,
+        rejected: bool = False,
+        sha: str | None = None,
+        mine: Standing | None = None,
+        changed: list[str] | None = None,
+    ) -> Promotion:
+        """No promotion: the promoted model stays on the durable nodes, and is copied
+        again where a node lost it (the catalog's word is checked on disk)."""
+        result = Promotion(
+            decision, promoted_sha, rejected, sha, mine, changed_sources=changed or []
+        )
+        if promoted_sha is not None:
+            kept = place_promoted(config, promoted_sha, fleet.durable_nodes, fleet, catalog,
+                                  transports)  # fmt: skip
+            result.moved, result.holders = kept.moved, kept.holders
+        return result
+
+    if candidate is None:
+        return unchanged(Decision(False, "no candidate reported for this config"))
+    if isinstance(candidate, Rejected):
+        return unchanged(Decision(False, f"candidate report rejected: {candidate.reason}"), True)
+    node = fleet.node(candidate.node)
+    try:
+        register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
+    except CandidateRejected as exc:
+        return unchanged(Decision(False, str(exc)), True)
+    except NodeUnreachable as exc:  # decided when the node answers; the promoted one stays
+        return unchanged(Decision(False, f"candidate not checked, its node is unreachable: {exc}"))
+    mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
+    decision = decide_promotion(
+        candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
+    )
+    if not decision.promote:
+        return unchanged(decision, False, candidate.sha256, mine)
+    placement = place_promoted(
+        config, candidate.sha256, fleet.durable_nodes, fleet, catalog, transports
+    )
+    if not placement.holders and placement.changed_sources:
+        changed = "; ".join(placement.changed_sources)
+        reason = f"the candidate changed on its node since it was checked: {changed}"
+        return unchanged(
+            Decision(False, reason), True, candidate.sha256, mine, placement.changed_sources
+        )
+    result = Promotion(
+        decision, promoted_sha, candidate_sha256=candidate.sha256, candidate=mine,
+        holders=placement.holders, changed_sources=placement.changed_sources,
+        moved=placement.moved,
+    )  # fmt: skip
+    if placement.moved.failures or not placement.holders:
+        return result
+    catalog.set_alias(PROMOTED_ALIAS, config, candidate.sha256)
+    result.promoted_sha256 = candidate.sha256
+    return result

@@ -30,12 +30,8 @@ from sync_assets.cli.report import report
 from sync_assets.demo.pipeline import build_demo_fleet, write_candidate
 from sync_assets.fleet.inventory import Fleet, load_inventory
 from sync_assets.models.assets import models_on_node, models_promoted
-from sync_assets.models.publish import (
-    CandidateRejected,
-    candidate_path_problem,
-    place_promoted,
-    register_candidate,
-)
+from sync_assets.models.promotion import candidate_path_problem
+from sync_assets.models.publish import CandidateRejected, place_promoted, register_candidate
 from sync_assets.reports import Rejected, candidate_from_event
 
 CONFIG = "hex8_2p"
