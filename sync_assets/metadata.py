@@ -1,11 +1,19 @@
-"""Turning results into the metadata an operator reads in the Dagster UI."""
+"""What the asset wrappers share: their declaration, the partition's node, the
+durable-copies check, and the metadata an operator reads in the Dagster UI."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
 
+from resources.inventory import FleetInventory
 from sync_assets.engine.replication import ReplicationResult
+from sync_assets.fleet.inventory import Fleet, Node, load_fleet
+from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.retries import NETWORK_RETRY
 
 _COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
 
@@ -48,3 +56,56 @@ def raise_on_failures(moved: ReplicationResult, what: str) -> None:
             + "; ".join(moved.failures[:5]),
             metadata={"failures": dg.MetadataValue.json(moved.failures)},
         )
+
+
+def partition_node(
+    context: dg.AssetExecutionContext, inventory: FleetInventory
+) -> tuple[Fleet, Node]:
+    """The fleet, and the node a node-partitioned run is for."""
+    fleet = load_fleet(inventory)
+    return fleet, fleet.node(context.partition_key)
+
+
+def fleet_asset(
+    key: dg.AssetKey,
+    *,
+    per: Literal["node", "config"],
+    group: str,
+    kind: str,
+    description: str,
+    checks: Sequence[str],
+    blocking: str | None = None,
+    deps: Sequence[dg.AssetKey | dg.AssetDep] | None = None,
+    pool: str | None = None,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`@dg.asset` as every fleetsync asset is declared: partitioned per node or per
+    config, retried on network errors; `blocking` names the check that stops downstream
+    runs."""
+    return dg.asset(
+        key=key,
+        partitions_def=nodes_partitions if per == "node" else configs_partitions,
+        deps=deps,
+        group_name=group,
+        kinds={kind},
+        retry_policy=NETWORK_RETRY,
+        pool=pool,
+        description=description,
+        check_specs=[dg.AssetCheckSpec(c, asset=key, blocking=c == blocking) for c in checks],
+    )
+
+
+def every_partition(key: dg.AssetKey) -> dg.AssetDep:
+    """A dependency on all partitions of `key` (a config asset fed by every node, ...)."""
+    return dg.AssetDep(key, partition_mapping=dg.AllPartitionMapping())
+
+
+def durable_copies_check(
+    passed: bool, required: int, **seen: dg.RawMetadataValue
+) -> dg.AssetCheckResult:
+    """Fewer durable copies than policy asks for: a warning, the copies exist elsewhere."""
+    return dg.AssetCheckResult(
+        check_name="durable_copies",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"required": required, **seen},
+    )

@@ -32,31 +32,36 @@ from sync_assets.elo.publish import (
 )
 from sync_assets.elo.ratings import DEFAULT_ANCHORS
 from sync_assets.fleet.inventory import load_fleet
-from sync_assets.metadata import raise_on_failures, table, transfer_metadata
-from sync_assets.partitions import configs_partitions, nodes_partitions
-from sync_assets.retries import NETWORK_RETRY
+from sync_assets.metadata import (
+    durable_copies_check,
+    every_partition,
+    fleet_asset,
+    partition_node,
+    raise_on_failures,
+    table,
+    transfer_metadata,
+)
 
 MATCHES = dg.AssetKey(["elo", "matches"])
 RATINGS = dg.AssetKey(["elo", "ratings"])
 ON_NODE = dg.AssetKey(["elo", "on_node"])
 
 
-@dg.asset(
+@fleet_asset(
     key=MATCHES,
-    partitions_def=nodes_partitions,
-    group_name="elo",
-    kinds={"sqlite"},
-    retry_policy=NETWORK_RETRY,
+    per="node",
+    group="elo",
+    kind="sqlite",
     pool="transfers",
     description=f"Raw match rows of the node's {ELO_DB}: snapshotted consistently, checked "
     "on the node, collected to ≥ policy.min_replicas.elo durable nodes and unioned by "
     "match identity (game_id, else a text id) into elo/fleet_matches.db on the primary "
     "durable node; conflicting versions of one match are set aside, not rated.",
-    check_specs=[
-        dg.AssetCheckSpec("durable_copies", asset=MATCHES),
-        dg.AssetCheckSpec("union_complete", asset=MATCHES),
-        dg.AssetCheckSpec("no_conflicting_matches", asset=MATCHES),
-        dg.AssetCheckSpec("no_unreadable_snapshots", asset=MATCHES),
+    checks=[
+        "durable_copies",
+        "union_complete",
+        "no_conflicting_matches",
+        "no_unreadable_snapshots",
     ],
 )
 def elo_matches(
@@ -65,8 +70,7 @@ def elo_matches(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     try:
         collected = collect_node_matches(node, fleet, catalog, transports)
     except EloDbUnreadable as exc:
@@ -77,7 +81,6 @@ def elo_matches(
     moved = collected.replication
     moved.add(union.moved)
     totals = union.totals
-    wanted = fleet.policy.min_replicas.elo
     return dg.MaterializeResult(
         metadata={
             "elo_db": ELO_DB if collected.elo_db else "none on this node",
@@ -100,14 +103,10 @@ def elo_matches(
             **transfer_metadata(moved),
         },
         check_results=[
-            dg.AssetCheckResult(
-                check_name="durable_copies",
-                passed=not collected.under_replicated,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "required": wanted,
-                    "copies": dg.MetadataValue.json(collected.durable_copies),
-                },
+            durable_copies_check(
+                not collected.under_replicated,
+                fleet.policy.min_replicas.elo,
+                copies=dg.MetadataValue.json(collected.durable_copies),
             ),
             dg.AssetCheckResult(
                 check_name="union_complete",
@@ -184,25 +183,25 @@ def _anchored_check(published: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(
+@fleet_asset(
     key=RATINGS,
-    partitions_def=configs_partitions,
-    deps=[dg.AssetDep(MATCHES, partition_mapping=dg.AllPartitionMapping())],
-    group_name="elo",
-    kinds={"sqlite"},
-    retry_policy=NETWORK_RETRY,
+    per="config",
+    deps=[every_partition(MATCHES)],
+    group="elo",
+    kind="sqlite",
     description=f"Ratings of the config recomputed from all its raw matches (never merged), "
     f"participants identified by model SHA-256, cross-config matches rejected; the "
     f"config's rows of {RATINGS_DB} rewritten atomically on every durable node; never "
     f"published unless the union took in every collected snapshot.",
-    check_specs=[
-        dg.AssetCheckSpec("anchors_pinned", asset=RATINGS, blocking=True),
-        dg.AssetCheckSpec("all_anchored", asset=RATINGS),
-        dg.AssetCheckSpec("no_cross_config_matches", asset=RATINGS),
-        dg.AssetCheckSpec("durable_copies", asset=RATINGS),
-        dg.AssetCheckSpec("no_conflicting_matches", asset=RATINGS),
-        dg.AssetCheckSpec("no_unreadable_snapshots", asset=RATINGS),
+    checks=[
+        "anchors_pinned",
+        "all_anchored",
+        "no_cross_config_matches",
+        "durable_copies",
+        "no_conflicting_matches",
+        "no_unreadable_snapshots",
     ],
+    blocking="anchors_pinned",
 )
 def elo_ratings(
     context: dg.AssetExecutionContext,
@@ -267,12 +266,11 @@ def elo_ratings(
                     "rated_participants_of_other_configs": dg.MetadataValue.json(foreign),
                 },
             ),
-            dg.AssetCheckResult(
-                check_name="durable_copies",
-                passed=result.sha256 is None
+            durable_copies_check(
+                result.sha256 is None
                 or (sum(read_only.values()) >= wanted and all(read_only.values())),
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"required": wanted, "read_only": dg.MetadataValue.json(read_only)},
+                wanted,
+                read_only=dg.MetadataValue.json(read_only),
             ),
             _conflicts_check(result.conflicts, config),
             _unreadable_check(result.union),
@@ -280,17 +278,16 @@ def elo_ratings(
     )
 
 
-@dg.asset(
+@fleet_asset(
     key=ON_NODE,
-    partitions_def=nodes_partitions,
-    deps=[dg.AssetDep(RATINGS, partition_mapping=dg.AllPartitionMapping())],
-    group_name="elo",
-    kinds={"sqlite"},
-    retry_policy=NETWORK_RETRY,
+    per="node",
+    deps=[every_partition(RATINGS)],
+    group="elo",
+    kind="sqlite",
     pool="transfers",
     description=f"The current {RATINGS_DB} on this eval node, verified there (SHA-256, "
     "SQLite readable) and read-only (0444); nothing on other nodes.",
-    check_specs=[dg.AssetCheckSpec("verified_read_only", asset=ON_NODE)],
+    checks=["verified_read_only"],
 )
 def elo_on_node(
     context: dg.AssetExecutionContext,
@@ -298,8 +295,7 @@ def elo_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     result = publish_on_node(node, fleet, catalog, transports)
     raise_on_failures(result.moved, f"node {node.name}: publishing {RATINGS_DB}")
     verified = result.verified

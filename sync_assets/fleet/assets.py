@@ -5,22 +5,20 @@ import dagster as dg
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from sync_assets.fleet.inventory import load_fleet
 from sync_assets.fleet.probe import probe_and_record
-from sync_assets.partitions import nodes_partitions
-from sync_assets.retries import NETWORK_RETRY
+from sync_assets.metadata import fleet_asset, partition_node
 
 GIB = 1024**3
+NODE_STATUS = dg.AssetKey(["fleet", "node_status"])
 
 
-@dg.asset(
-    key=["fleet", "node_status"],
-    partitions_def=nodes_partitions,
-    group_name="fleet",
-    kinds={"ssh"},
-    retry_policy=NETWORK_RETRY,
+@fleet_asset(
+    key=NODE_STATUS,
+    per="node",
+    group="fleet",
+    kind="ssh",
     description="Probe: reachable, disk, GPU utilisation. Unknown is recorded as unknown.",
-    check_specs=[dg.AssetCheckSpec("reachable", asset=["fleet", "node_status"])],
+    checks=["reachable"],
 )
 def node_status(
     context: dg.AssetExecutionContext,
@@ -28,8 +26,7 @@ def node_status(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     catalog.sync_nodes(fleet.nodes)
     probe = probe_and_record(node, catalog, transports)
     metadata: dict[str, dg.RawMetadataValue] = {

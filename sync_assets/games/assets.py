@@ -9,27 +9,29 @@ from resources.transport import Transports
 from sync_assets.fleet.inventory import load_fleet
 from sync_assets.games.canonical import merge_canonical
 from sync_assets.games.collect import collect_node_games
-from sync_assets.metadata import raise_on_failures, table, transfer_metadata
-from sync_assets.partitions import configs_partitions, nodes_partitions
-from sync_assets.retries import NETWORK_RETRY
+from sync_assets.metadata import (
+    durable_copies_check,
+    every_partition,
+    fleet_asset,
+    partition_node,
+    raise_on_failures,
+    table,
+    transfer_metadata,
+)
 
 SELFPLAY = dg.AssetKey(["games", "selfplay"])
 CANONICAL = dg.AssetKey(["games", "canonical"])
 
 
-@dg.asset(
+@fleet_asset(
     key=SELFPLAY,
-    partitions_def=nodes_partitions,
-    group_name="games",
-    kinds={"sqlite"},
-    retry_policy=NETWORK_RETRY,
+    per="node",
+    group="games",
+    kind="sqlite",
     pool="transfers",
     description="Games produced on the node, snapshotted consistently and collected to "
     "≥ policy.min_replicas.games verified copies on distinct durable nodes.",
-    check_specs=[
-        dg.AssetCheckSpec("durable_copies", asset=SELFPLAY),
-        dg.AssetCheckSpec("every_db_collected", asset=SELFPLAY),
-    ],
+    checks=["durable_copies", "every_db_collected"],
 )
 def games_selfplay(
     context: dg.AssetExecutionContext,
@@ -37,14 +39,12 @@ def games_selfplay(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     collected = collect_node_games(node, fleet, catalog, transports)
     raise_on_failures(collected.replication, f"node {node.name}: collecting games")
     copies = pd.DataFrame(
         sorted(collected.durable_copies.items()), columns=["snapshot", "durable_copies"]
     )
-    wanted = fleet.policy.min_replicas.games
     return dg.MaterializeResult(
         metadata={
             "game_dbs": collected.databases,
@@ -58,14 +58,10 @@ def games_selfplay(
             **transfer_metadata(collected.replication),
         },
         check_results=[
-            dg.AssetCheckResult(
-                check_name="durable_copies",
-                passed=not collected.under_replicated,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "required": wanted,
-                    "under_replicated": dg.MetadataValue.json(collected.under_replicated),
-                },
+            durable_copies_check(
+                not collected.under_replicated,
+                fleet.policy.min_replicas.games,
+                under_replicated=dg.MetadataValue.json(collected.under_replicated),
             ),
             dg.AssetCheckResult(
                 check_name="every_db_collected",
@@ -76,21 +72,17 @@ def games_selfplay(
     )
 
 
-@dg.asset(
+@fleet_asset(
     key=CANONICAL,
-    partitions_def=configs_partitions,
-    deps=[dg.AssetDep(SELFPLAY, partition_mapping=dg.AllPartitionMapping())],
-    group_name="games",
-    kinds={"sqlite"},
-    retry_policy=NETWORK_RETRY,
+    per="config",
+    deps=[every_partition(SELFPLAY)],
+    group="games",
+    kind="sqlite",
     pool="canonical_merge",
     description="Merged corpus per config on a durable node, dedup by game_id plus a move "
     "fingerprint for non-unique ids, complete games only; replicated to durable nodes.",
-    check_specs=[
-        dg.AssetCheckSpec("durable_copies", asset=CANONICAL),
-        dg.AssetCheckSpec("sqlite_integrity", asset=CANONICAL, blocking=True),
-        dg.AssetCheckSpec("every_snapshot_merged", asset=CANONICAL),
-    ],
+    checks=["durable_copies", "sqlite_integrity", "every_snapshot_merged"],
+    blocking="sqlite_integrity",
 )
 def games_canonical(
     context: dg.AssetExecutionContext,
@@ -121,11 +113,10 @@ def games_canonical(
             **transfer_metadata(moved),
         },
         check_results=[
-            dg.AssetCheckResult(
-                check_name="durable_copies",
-                passed=merged.sha256 is None or merged.durable_copies >= wanted,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"required": wanted, "have": merged.durable_copies},
+            durable_copies_check(
+                merged.sha256 is None or merged.durable_copies >= wanted,
+                wanted,
+                have=merged.durable_copies,
             ),
             dg.AssetCheckResult(
                 check_name="sqlite_integrity",

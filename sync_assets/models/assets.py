@@ -9,11 +9,17 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sync_assets.fleet.inventory import Fleet, load_fleet
-from sync_assets.metadata import raise_on_failures, table, transfer_metadata
+from sync_assets.metadata import (
+    every_partition,
+    fleet_asset,
+    partition_node,
+    raise_on_failures,
+    table,
+    transfer_metadata,
+)
 from sync_assets.models.publish import PROMOTED_ALIAS, place_promoted, promote
-from sync_assets.partitions import configs_partitions, nodes_partitions
+from sync_assets.partitions import configs_partitions
 from sync_assets.reports import Candidate, Rejected, candidate_from_event
-from sync_assets.retries import NETWORK_RETRY
 
 CANDIDATE = dg.AssetKey(["models", "candidate"])
 PROMOTED = dg.AssetKey(["models", "promoted"])
@@ -60,20 +66,16 @@ def _latest_candidate(
     return newest_rejection
 
 
-@dg.asset(
+@fleet_asset(
     key=PROMOTED,
-    partitions_def=configs_partitions,
+    per="config",
     deps=[CANDIDATE, dg.AssetKey(["elo", "ratings"])],
-    group_name="models",
-    kinds={"pytorch"},
-    retry_policy=NETWORK_RETRY,
+    group="models",
+    kind="pytorch",
     description="Promotion gate (ratings margin or a reported decision): an alias flip in "
     "the catalog, then canonical_{config}.pth + ringrift_best symlink on durable nodes.",
-    check_specs=[
-        dg.AssetCheckSpec("promoted_on_durable_nodes", asset=PROMOTED),
-        # A refused report (forged, stale, a file changed since) loses nothing but shows.
-        dg.AssetCheckSpec("candidate_report_accepted", asset=PROMOTED),
-    ],
+    # A refused report (forged, stale, a file changed since) loses nothing but shows.
+    checks=["promoted_on_durable_nodes", "candidate_report_accepted"],
 )
 def models_promoted(
     context: dg.AssetExecutionContext,
@@ -125,17 +127,16 @@ def models_promoted(
     )
 
 
-@dg.asset(
+@fleet_asset(
     key=ON_NODE,
-    partitions_def=nodes_partitions,
-    deps=[dg.AssetDep(PROMOTED, partition_mapping=dg.AllPartitionMapping())],
-    group_name="models",
-    kinds={"pytorch"},
-    retry_policy=NETWORK_RETRY,
+    per="node",
+    deps=[every_partition(PROMOTED)],
+    group="models",
+    kind="pytorch",
     pool="transfers",
     description="Every promoted model on this GPU node, verified, ringrift_best symlink "
     "switched only after; the previous model stays until then.",
-    check_specs=[dg.AssetCheckSpec("verified_on_node", asset=ON_NODE)],
+    checks=["verified_on_node"],
 )
 def models_on_node(
     context: dg.AssetExecutionContext,
@@ -143,8 +144,7 @@ def models_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     rows = []
     changed: list[str] = []  # candidate copies found overwritten, dropped as sources
     if node.name in {n.name for n in fleet.gpu_nodes}:

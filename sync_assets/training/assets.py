@@ -8,9 +8,15 @@ from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import TransferError
 from sync_assets.fleet.inventory import load_fleet
-from sync_assets.metadata import raise_on_failures, table, transfer_metadata
-from sync_assets.partitions import configs_partitions, nodes_partitions
-from sync_assets.retries import NETWORK_RETRY
+from sync_assets.metadata import (
+    durable_copies_check,
+    every_partition,
+    fleet_asset,
+    partition_node,
+    raise_on_failures,
+    table,
+    transfer_metadata,
+)
 from sync_assets.training.shards import export_npz, place_on_node
 
 NPZ = dg.AssetKey(["training", "npz"])
@@ -18,22 +24,19 @@ NPZ_ON_NODE = dg.AssetKey(["training", "npz_on_node"])
 CANONICAL = dg.AssetKey(["games", "canonical"])
 
 
-@dg.asset(
+@fleet_asset(
     key=NPZ,
-    partitions_def=configs_partitions,
+    per="config",
     deps=[CANONICAL],  # same config partition (identity mapping)
-    group_name="training",
-    kinds={"numpy"},
-    retry_policy=NETWORK_RETRY,
+    group="training",
+    kind="numpy",
     pool="npz_export",
     description="The config's training shard exported from its canonical DB on the node "
     "that holds it (exporter resource), validated there, content-addressed, published by "
     "atomic rename, replicated to policy.min_replicas.npz durable nodes. Skipped while the "
     "canonical DB is unchanged; a shard failing validation is quarantined, never published.",
-    check_specs=[
-        dg.AssetCheckSpec("npz_structure", asset=NPZ, blocking=True),
-        dg.AssetCheckSpec("durable_copies", asset=NPZ),
-    ],
+    checks=["npz_structure", "durable_copies"],
+    blocking="npz_structure",
 )
 def training_npz(
     context: dg.AssetExecutionContext,
@@ -85,28 +88,26 @@ def training_npz(
                     "quarantined": done.quarantined or "no",
                 },
             ),
-            dg.AssetCheckResult(
-                check_name="durable_copies",
-                passed=done.current is None or done.durable_copies >= wanted,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"required": wanted, "have": done.durable_copies},
+            durable_copies_check(
+                done.current is None or done.durable_copies >= wanted,
+                wanted,
+                have=done.durable_copies,
             ),
         ],
     )
 
 
-@dg.asset(
+@fleet_asset(
     key=NPZ_ON_NODE,
-    partitions_def=nodes_partitions,
-    deps=[dg.AssetDep(NPZ, partition_mapping=dg.AllPartitionMapping())],
-    group_name="training",
-    kinds={"numpy"},
-    retry_policy=NETWORK_RETRY,
+    per="node",
+    deps=[every_partition(NPZ)],
+    group="training",
+    kind="numpy",
     pool="transfers",
     description="On a training node: every config's current shard at training/{config}.npz, "
     "SHA-256 verified on arrival, replacing the previous one by atomic rename, fanned out "
     "from nodes that have it. Other nodes: nothing to do.",
-    check_specs=[dg.AssetCheckSpec("verified_on_node", asset=NPZ_ON_NODE)],
+    checks=["verified_on_node"],
 )
 def training_npz_on_node(
     context: dg.AssetExecutionContext,
@@ -114,8 +115,7 @@ def training_npz_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet = load_fleet(inventory)
-    node = fleet.node(context.partition_key)
+    fleet, node = partition_node(context, inventory)
     placed = place_on_node(node, fleet, catalog, transports)
     raise_on_failures(placed.moved, f"node {node.name}: placing shards")
     return dg.MaterializeResult(
