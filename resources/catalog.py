@@ -748,13 +748,6 @@ class Catalog(dg.ConfigurableResource):
         with self.engine.connect() as conn:
             return set(conn.scalars(query))
 
-    def snapshots_holding(self, config: str) -> set[str]:
-        """Snapshots whose census counted games of `config`."""
-        c = snapshot_configs
-        query = sa.select(c.c.snapshot_sha256).where((c.c.config == config) & (c.c.games > 0))
-        with self.engine.connect() as conn:
-            return set(conn.scalars(query))
-
     def quarantine(self, sha256: str, reason: str) -> None:
         """Mark an artifact unusable (idempotent: the first reason stays)."""
         with self.engine.begin() as conn:

@@ -2,7 +2,7 @@
 
 A new kind is one entry below plus its domain folder. `name` is the catalog's
 `artifacts.kind`; `policy_field` the `MinReplicas` field giving its durable copies;
-`alias` the catalog alias naming a config's current version (if it has one);
+`alias` the catalog alias naming a config's current version ("": it has none);
 `replaced_in_place` says each new version is written over the last one at the same
 path, so an older version with no copy left is superseded, not at risk.
 """
@@ -21,7 +21,7 @@ class ArtifactKind:
     name: str
     policy_field: str
     asset_path: str  # the asset that writes artifacts of this kind, as "a/b"
-    alias: str | None = None
+    alias: str = ""  # "": none
     replaced_in_place: bool = False
 
     @property

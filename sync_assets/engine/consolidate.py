@@ -33,7 +33,7 @@ def choose_primary(
     """The reachable durable node to consolidate on: the one `prefer` picks among them
     (a domain's rule, e.g. the holder of the current version), else the first of the
     inventory. An unreachable primary must not stall every consolidation."""
-    down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    down = unavailable_nodes(catalog)
     reachable = [n for n in fleet.durable_nodes if n.name not in down]
     if not reachable:
         raise TransferError(
@@ -94,7 +94,7 @@ def stage(
     others = others.assign(ephemeral=~others["node"].isin(durable)).sort_values(
         ["ephemeral", "node", "path"]
     )
-    down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    down = unavailable_nodes(catalog)
     holders: dict[str, list[tuple[str, str]]] = {}  # sha256 → reachable (node, path), in turn
     for sha in sorted(wanted - have):
         rows = others[others["sha256"] == sha]

@@ -193,8 +193,10 @@ def _confirm_on_disk(
     those dropped. A node that cannot be looked at is a failure; its rows stay."""
     dropped: set[tuple[str, str, str]] = set()
     by_node: dict[str, list[AuditedReplica]] = {}
-    for r in rows:
-        by_node.setdefault(r.node, []).append(AuditedReplica(r.sha256, r.path, r.size, None))
+    for row in rows:
+        by_node.setdefault(row.node, []).append(
+            AuditedReplica(row.sha256, row.path, row.size, None)
+        )
     for holder, recorded in sorted(by_node.items()):
         node = fleet.node(holder)
         try:

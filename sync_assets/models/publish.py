@@ -26,6 +26,7 @@ from resources.transport.paths import safe_relpath
 from sync_assets.elo.standings import standings_for
 from sync_assets.engine.replication import ReplicationResult, distribute
 from sync_assets.fleet.inventory import Fleet, Node
+from sync_assets.kinds import MODEL
 from sync_assets.models.promotion import (
     MODELS_DIR,
     Decision,
@@ -35,8 +36,8 @@ from sync_assets.models.promotion import (
 )
 from sync_assets.reports import Candidate, Rejected
 
-MODEL_KIND = "model"
-PROMOTED_ALIAS = "model_promoted"
+MODEL_KIND = MODEL.name
+PROMOTED_ALIAS = MODEL.alias
 
 
 def canonical_model_path(config: str) -> str:

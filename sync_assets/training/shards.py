@@ -36,10 +36,11 @@ from sync_assets.engine.replication import (
 )
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.canonical import CANONICAL_KIND
+from sync_assets.kinds import NPZ
 from sync_assets.training.export import ExportResult, export_canonical
 
-NPZ_KIND = "npz"
-NPZ_ALIAS = "npz"  # the current shard of a config (read by the training_trigger sensor)
+NPZ_KIND = NPZ.name
+NPZ_ALIAS = NPZ.alias  # the current shard of a config (read by the training_trigger sensor)
 NPZ_SOURCE_ALIAS = "npz_source"  # the canonical DB version the current shard came from
 QUARANTINE_DIR = "quarantine/training"
 
