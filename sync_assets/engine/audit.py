@@ -31,14 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, ReplicaState
 from resources.transport.base import TransferError
 
 if TYPE_CHECKING:
     from resources.transport.base import Transport
     from sync_assets.fleet.inventory import Node
 
-AUDITED_STATES: tuple[str, ...] = ("verified", "staging")
+AUDITED_STATES: tuple[str, ...] = tuple(ReplicaState)
 """Replica states that claim a file exists: both are used as copy sources."""
 
 SUSPECT_SLACK_S = 2.0
