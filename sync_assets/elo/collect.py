@@ -34,12 +34,9 @@ import pandas as pd
 
 from resources.catalog import Catalog
 from resources.transport import Transports
-from resources.transport.base import (
-    NodeUnreachable,
-    RemoteFile,
-    TransferError,
-)
-from sync_assets.elo.remote import MATCHES_SCRIPT, NodeScriptFailed, run_script, waiting_lease
+from resources.transport.base import NodeUnreachable, RemoteFile, TransferError
+from resources.transport.programs import RemoteProgramFailed
+from sync_assets.elo.remote import MATCHES_PY, waiting_lease
 from sync_assets.engine.consolidate import choose_primary, stage
 from sync_assets.engine.live_db import (
     Snapshot,
@@ -47,14 +44,13 @@ from sync_assets.engine.live_db import (
     confirm_originated,
     snapshot_if_changed,
 )
-from sync_assets.engine.replication import (
-    ReplicationResult,
-)
+from sync_assets.engine.replication import ReplicationResult
 from sync_assets.fleet.inventory import Fleet, Node
+from sync_assets.kinds import ELO_SNAPSHOT
 
 ELO_DB = "elo/unified_elo.db"
 MATCHES_DB = "elo/fleet_matches.db"
-SNAPSHOT_KIND = "elo_snapshot"
+SNAPSHOT_KIND = ELO_SNAPSHOT.name
 UNION_LEASE = "elo/fleet_matches"
 
 
@@ -124,8 +120,10 @@ def _checked_snapshot(
 
     def check(staging: str) -> None:
         try:
-            result.check = run_script(node, transports, MATCHES_SCRIPT, ["check", staging])
-        except NodeScriptFailed as exc:
+            result.check = transports.run_program(
+                node, MATCHES_PY, ["check", staging], timeout=3600
+            )
+        except RemoteProgramFailed as exc:
             raise EloDbUnreadable(
                 f"node {node.name}: {ELO_DB} cannot be read as an Elo DB: {exc}"
             ) from exc
@@ -149,7 +147,6 @@ def collect_node_matches(
     """Snapshot the node's Elo DB if it changed, bring every Elo snapshot the node
     originated up to policy, then union whatever is new into the fleet's match DB."""
     result = MatchesResult(node=node.name)
-    catalog.sync_nodes(fleet.nodes)
     transport = transports.for_node(node)
     result.replication.add(confirm_originated(node, SNAPSHOT_KIND, fleet, catalog, transports))
     db = transport.stat(node, ELO_DB)
@@ -186,8 +183,8 @@ def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionRe
             {"path": c.path, "sha256": c.sha256, "label": f"{c.origin_node}:{c.name}"}
             for c in staged.held
         ]
-        stats = run_script(
-            primary, transports, MATCHES_SCRIPT, ["union", MATCHES_DB], payload=payload
+        stats = transports.run_program(
+            primary, MATCHES_PY, ["union", MATCHES_DB], payload, timeout=3600
         )
         bad_copies = [(u["sha256"], u["path"]) for u in stats["unavailable"]]
         catalog.drop_replicas(primary.name, bad_copies)

@@ -32,15 +32,16 @@ from sync_assets.elo.collect import MATCHES_DB, UnionResult, union_all
 from sync_assets.elo.identity import Identity, Selection, select_matches
 from sync_assets.elo.ratings import DEFAULT_ANCHORS, decompose, fit_ratings
 from sync_assets.elo.ratings_db import COLUMNS, READ_ONLY
-from sync_assets.elo.remote import MATCHES_SCRIPT, RATINGS_DB_SCRIPT, run_script, waiting_lease
+from sync_assets.elo.remote import MATCHES_PY, RATINGS_DB_PY, waiting_lease
 from sync_assets.engine.replication import ReplicationResult, distribute, unavailable_nodes
 from sync_assets.fleet.inventory import Fleet, Node
+from sync_assets.kinds import ELO_RATINGS, MODEL
 
 RATINGS_DB = "elo/fleet_ratings.db"
-RATINGS_KIND = "elo_ratings"
-RATINGS_ALIAS = (RATINGS_KIND, "fleet")  # catalog alias (kind, key) of the current file
+RATINGS_KIND = ELO_RATINGS.name
+RATINGS_ALIAS = (ELO_RATINGS.alias, "fleet")  # catalog alias (kind, key) of the current file
 RATINGS_LEASE = "elo/fleet_ratings"
-MODEL_KIND = "model"  # sync_assets.models.publish: checkpoints registered by SHA-256
+MODEL_KIND = MODEL.name  # sync_assets.models.publish: checkpoints registered by SHA-256
 EVAL_ROLE = "eval"
 
 
@@ -121,7 +122,8 @@ def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Tr
 
 
 def _verify(node: Node, sha256: str, transports: Transports) -> dict[str, Any]:
-    return run_script(node, transports, RATINGS_DB_SCRIPT, ["verify", RATINGS_DB, sha256])
+    args = ["verify", RATINGS_DB, sha256]
+    return transports.run_program(node, RATINGS_DB_PY, args, timeout=3600)
 
 
 def recompute_ratings(
@@ -132,11 +134,10 @@ def recompute_ratings(
     Raises UnionIncomplete, before anything is written, when the union lacks a
     collected snapshot."""
     result = RatingsResult(config=config)
-    catalog.sync_nodes(fleet.nodes)
     result.union = union_all(fleet, catalog, transports)
     result.union.raise_if_incomplete(f"config {config}: not publishing {RATINGS_DB}")
     primary = fleet.node(str(result.union.primary))
-    dump = run_script(primary, transports, MATCHES_SCRIPT, ["dump", MATCHES_DB, config])
+    dump = transports.run_program(primary, MATCHES_PY, ["dump", MATCHES_DB, config], timeout=3600)
     result.conflicts = int(dump["conflicts"])
     result.selection = select_matches(dump["matches"], config, catalog_identity(catalog))
     fitted = fit_config(result.selection)
@@ -149,9 +150,9 @@ def recompute_ratings(
     durable = [n.name for n in fleet.durable_nodes]
     with waiting_lease(catalog, RATINGS_LEASE):
         _bring_current(primary, fleet, catalog, transports)
-        written = run_script(
-            primary, transports, RATINGS_DB_SCRIPT, ["write", RATINGS_DB, config],
-            payload={"rows": rows, "now": time.time()},
+        written = transports.run_program(
+            primary, RATINGS_DB_PY, ["write", RATINGS_DB, config],
+            payload={"rows": rows, "now": time.time()}, timeout=3600,
         )  # fmt: skip
         result.changed = bool(written["changed"])
         transport = transports.for_node(primary)
@@ -169,7 +170,9 @@ def recompute_ratings(
         result.moved = distribute(sha, RATINGS_DB, durable, fleet, catalog, transports)
         for name in sorted(_holders(catalog, sha, set(durable))):
             result.verified[name] = _verify(fleet.node(name), sha, transports)["mode"]
-    read = run_script(primary, transports, RATINGS_DB_SCRIPT, ["read", RATINGS_DB, config])
+    read = transports.run_program(
+        primary, RATINGS_DB_PY, ["read", RATINGS_DB, config], timeout=3600
+    )
     result.published = pd.DataFrame(read["rows"], columns=list(COLUMNS))
     return result
 
@@ -182,7 +185,6 @@ def publish_on_node(
     result = OnNodeResult(node=node.name, eval_node=EVAL_ROLE in node.roles)
     if not result.eval_node:
         return result
-    catalog.sync_nodes(fleet.nodes)
     sha = catalog.alias(*RATINGS_ALIAS)
     result.sha256 = sha
     if sha is None:
@@ -206,10 +208,10 @@ def read_ratings(
     sha = catalog.alias(*RATINGS_ALIAS)
     if sha is None:
         return pd.DataFrame(columns=list(COLUMNS))
-    down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+    down = unavailable_nodes(catalog)
     holders = _holders(catalog, sha, {n.name for n in fleet.durable_nodes}) - down
     if not holders:
         raise TransferError(f"no reachable durable node holds {RATINGS_DB} ({sha[:16]})")
     node = fleet.node(sorted(holders)[0])
-    read = run_script(node, transports, RATINGS_DB_SCRIPT, ["read", RATINGS_DB, config])
+    read = transports.run_program(node, RATINGS_DB_PY, ["read", RATINGS_DB, config], timeout=3600)
     return pd.DataFrame(read["rows"], columns=list(COLUMNS))

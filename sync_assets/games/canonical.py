@@ -21,35 +21,35 @@ other durable nodes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.transport import Transports, python_for, sqlite_snapshot
+from resources.transport import Transports
 from resources.transport.base import TransferError
+from resources.transport.programs import SQLITE_SNAPSHOT, RemoteProgramFailed
 from sync_assets.engine.audit import SUSPECT_SLACK_S
 from sync_assets.engine.consolidate import StagedCopy, choose_primary, stage
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
+    node_names,
     replicate,
     unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games.collect import (
-    MERGE_SOURCE,
+    MERGE_PY,
     SNAPSHOT_KIND,
     NotAGameDb,
     collected_path,
     record_census,
 )
+from sync_assets.kinds import GAMES_CANONICAL
 
-CANONICAL_KIND = "games_canonical"
-SNAPSHOT_SOURCE = Path(sqlite_snapshot.__file__).read_bytes()
+CANONICAL_KIND = GAMES_CANONICAL.name
 
 
 def canonical_path(config: str) -> str:
@@ -94,11 +94,10 @@ def merge_canonical(
     """Merge into the primary's canonical DB every collected snapshot holding games of
     `config` that its version lacks, then register and replicate the result."""
     result = CanonicalResult(config=config)
-    catalog.sync_nodes(fleet.nodes)
     with catalog.lease(f"games/canonical/{config}"):
         _count_uncounted(fleet, catalog, transports, result.moved)
         current = catalog.alias(CANONICAL_KIND, config)
-        down = unavailable_nodes(catalog.nodes_frame(), catalog.open_breakers())
+        down = unavailable_nodes(catalog)
         primary = choose_primary(
             fleet, catalog, lambda up: _holder_or_busiest(up, current, catalog.replicas_frame())
         )
@@ -197,11 +196,7 @@ def _adopt_if_foreign(
 
 def _snapshots_for(config: str, fleet: Fleet, catalog: Catalog) -> set[str]:
     """Snapshots holding games of `config`, collected on a durable node, not quarantined."""
-    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    durable = {n.name for n in fleet.durable_nodes}
-    collected = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
-    holding = catalog.snapshots_holding(config) & set(collected["sha256"])
-    return holding - set(catalog.quarantined())
+    return catalog.snapshots_to_merge(config, node_names(fleet.durable_nodes))
 
 
 def _count_uncounted(
@@ -271,10 +266,11 @@ def _merge_on(
     labels = {f"{c.origin_node}:{c.name}@{c.sha256[:12]}": (c.sha256, c.path) for c in held}
     args = [f"{path}={label}" for label, (_, path) in labels.items()]
     try:
-        stats = _run_merge(primary, config, args, transports)
+        args = [canonical_path(config), config, *args]
+        stats = transports.run_program(primary, MERGE_PY, args, timeout=6 * 3600)
         failure = None
-    except MergeFailed as exc:
-        stats, failure = {"snapshots": exc.completed, "totals": {}}, exc
+    except RemoteProgramFailed as exc:  # its JSON names the snapshots committed before
+        stats, failure = {"snapshots": (exc.result or {}).get("snapshots", []), "totals": {}}, exc
     except TransferError as exc:  # it died without saying what committed: assume nothing
         return {}, exc
     merged: dict[str, dict[str, Any]] = {}
@@ -301,50 +297,15 @@ def _merge_on(
 
 
 def _durable_holders(catalog: Catalog, sha256: str, fleet: Fleet) -> int:
-    copies = catalog.replicas_frame([CANONICAL_KIND])
-    durable = {n.name for n in fleet.durable_nodes}
-    ok = copies[
-        (copies["sha256"] == sha256)
-        & (copies["state"] == "verified")
-        & copies["node"].isin(durable)
-    ]
-    return int(ok["node"].nunique())
+    durable = node_names(fleet.durable_nodes)
+    return catalog.durable_copy_counts(durable, shas=[sha256]).get(sha256, 0)
 
 
 def _check_integrity(node: Node, path: str, transports: Transports) -> list[str]:
     """SQLite integrity of a DB on its node, checked there (the file never travels)."""
-    argv = [python_for(node), "-", "check", path]
-    done = transports.for_node(node).exec(node, argv, stdin=SNAPSHOT_SOURCE, timeout=6 * 3600)
     try:
-        problems: list[str] = json.loads(done.stdout)["problems"]
-    except (ValueError, KeyError, TypeError):
-        problems = [f"check failed: {done.stderr.decode(errors='replace').strip()[-500:]}"]
+        done = transports.run_program(node, SQLITE_SNAPSHOT, ["check", path], timeout=6 * 3600)
+    except RemoteProgramFailed as exc:  # exit 1 with the problems found, or no output
+        done = exc.result or {"problems": [f"check failed: {exc.why}"]}
+    problems: list[str] = done["problems"]
     return problems
-
-
-def _run_merge(
-    primary: Node, config: str, args: list[str], transports: Transports
-) -> dict[str, Any]:
-    """Run merge.py on the primary; its JSON names the snapshots merged even on failure."""
-    argv = [python_for(primary), "-", canonical_path(config), config, *args]
-    done = transports.for_node(primary).exec(primary, argv, stdin=MERGE_SOURCE, timeout=6 * 3600)
-    try:
-        stats: dict[str, Any] = json.loads(done.stdout)
-    except ValueError:
-        stats = {}
-    if done.returncode != 0 or "snapshots" not in stats:
-        raise MergeFailed(
-            f"node {primary.name}: merge into {canonical_path(config)} failed "
-            f"(exit {done.returncode}): "
-            f"{stats.get('error') or done.stderr.decode(errors='replace').strip()[-2000:]}",
-            completed=stats.get("snapshots", []),
-        )
-    return stats
-
-
-class MergeFailed(TransferError):
-    """The merge stopped; `completed` lists the snapshots committed before it did."""
-
-    def __init__(self, message: str, completed: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.completed = completed

@@ -9,24 +9,26 @@ planner copies each snapshot to durable nodes until `policy.min_replicas.games` 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.transport import Transports, python_for
+from resources.transport import Transports
 from resources.transport.base import NodeUnreachable, TransferError
+from resources.transport.programs import Program
 from sync_assets.engine.live_db import collect_originated, confirm_originated, snapshot_if_changed
 from sync_assets.engine.replication import ReplicationResult
+from sync_assets.fleet import configs
 from sync_assets.fleet.configs import ConfigKeyError, normalize_config
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.games import merge as merge_module
+from sync_assets.kinds import GAMES_SNAPSHOT
 
-SNAPSHOT_KIND = "games_snapshot"
-MERGE_SOURCE = Path(merge_module.__file__).read_bytes()
+SNAPSHOT_KIND = GAMES_SNAPSHOT.name
+MERGE_PY = Program("merge.py", merge_module, (configs,))
 # Generator, tournament and gauntlet DBs directly under games/ (never canonical_*, never
 # the collected/ tree on durable nodes).
 GAME_DB_RE = re.compile(
@@ -81,20 +83,10 @@ def count_configs(node: Node, path: str, transports: Transports) -> Census:
     """Census of a game DB snapshot, counted on its node (`merge.py --census`). Raises
     NotAGameDb when the file is not a readable game DB, TransferError when the count
     could not be made (the node, the command)."""
-    argv = [python_for(node), "-", "--census", path]
-    done = transports.for_node(node).exec(node, argv, stdin=MERGE_SOURCE, timeout=3600)
-    try:
-        out = json.loads(done.stdout)
-        status = out["status"]
-        census = Census({str(c): int(n) for c, n in out["configs"].items()}, int(out["unparsed"]))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        err = done.stderr.decode(errors="replace").strip()[-500:]
-        raise TransferError(
-            f"node {node.name}: {path}: cannot count its games (exit {done.returncode}): {err}"
-        ) from None
-    if status != "ok":
-        raise NotAGameDb(f"node {node.name}: {path}: {out.get('error', status)}")
-    return census
+    out = transports.run_program(node, MERGE_PY, ["--census", path], timeout=3600)
+    if out["status"] != "ok":
+        raise NotAGameDb(f"node {node.name}: {path}: {out.get('error', out['status'])}")
+    return Census({str(c): int(n) for c, n in out["configs"].items()}, int(out["unparsed"]))
 
 
 def record_census(node: Node, path: str, sha256: str, catalog: Catalog,
@@ -136,7 +128,6 @@ def collect_node_games(
     replicate every snapshot it originated. A DB that cannot be snapshotted or read is
     skipped with its reason; the others are still collected."""
     result = CollectResult(node=node.name)
-    catalog.sync_nodes(fleet.nodes)
     transport = transports.for_node(node)
     listing = transport.list(node, "games")
     result.rejected_names = list(listing.rejected)
