@@ -242,8 +242,9 @@ def _merge_fails_after_first_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     real_exec = LocalTransport.exec
 
     def failing(self, node, argv, stdin=None, timeout=600):  # type: ignore[no-untyped-def]
-        if len(argv) > 5 and argv[2].startswith("games/canonical_"):
-            done = real_exec(self, node, argv[:5], stdin=stdin, timeout=timeout)
+        at = next((i for i, a in enumerate(argv) if a.startswith("games/canonical_")), None)
+        if at is not None and len(argv) > at + 3:  # merge.py CANONICAL CONFIG SNAPSHOT...
+            done = real_exec(self, node, argv[: at + 3], stdin=stdin, timeout=timeout)
             stats = json.loads(done.stdout)
             monkeypatch.setattr(LocalTransport, "exec", real_exec)
             out = {"error": "disk I/O error (injected)", "snapshots": stats["snapshots"]}
