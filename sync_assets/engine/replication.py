@@ -24,8 +24,8 @@ from resources.transport.base import (
 from sync_assets.engine import breaker
 from sync_assets.engine.audit import AUDITED_STATES, AuditedReplica, confirm_replicas
 from sync_assets.engine.placement import DiskFloor, Plan, fanout_wave, plan_replication
+from sync_assets.engine.probe import probe_and_record
 from sync_assets.fleet.inventory import Fleet, Node
-from sync_assets.fleet.probe import probe_and_record
 from sync_assets.kinds import min_replicas_by_kind
 
 

@@ -5,7 +5,7 @@ import dagster as dg
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from sync_assets.fleet.probe import probe_and_record
+from sync_assets.engine.probe import probe_and_record
 from sync_assets.metadata import fleet_asset, partition_node
 
 GIB = 1024**3

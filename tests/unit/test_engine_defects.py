@@ -453,7 +453,7 @@ def test_a_damaged_snapshot_copy_on_the_primary_never_shrinks_the_canonical_db(
 
 
 def test_an_unreachable_primary_does_not_stall_the_merge(tmp_path: Path) -> None:
-    from sync_assets.fleet.probe import probe_and_record
+    from sync_assets.engine.probe import probe_and_record
 
     fleet, catalog = local_fleet(tmp_path)
     transports = Transports()
