@@ -219,6 +219,15 @@ class Replica(NamedTuple):
     size: int
 
 
+class Artifact(NamedTuple):
+    sha256: str
+    kind: str
+    config: str | None
+    name: str
+    size: int
+    origin_node: str
+
+
 def _durable_copy(durable_nodes: Collection[str]) -> sa.ColumnElement[bool]:
     """THE definition of a durable copy, used by every count: a verified replica on one of
     `durable_nodes` (the inventory's durable nodes the caller trusts now; a node found
@@ -515,6 +524,25 @@ class Catalog(dg.ConfigurableResource):
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(r.c.node, r.c.path, r.c.sha256))
             return [Replica(*row) for row in rows]
+
+    def artifacts_of(
+        self,
+        kind: str | None = None,
+        *,
+        config: str | None = None,
+        shas: Iterable[str] | None = None,
+    ) -> dict[str, Artifact]:
+        """sha256 → artifact, of `kind` (for `config`, among `shas`, if given)."""
+        a = artifacts
+        query = sa.select(a.c.sha256, a.c.kind, a.c.config, a.c.name, a.c.size, a.c.origin_node)
+        if kind is not None:
+            query = query.where(a.c.kind == kind)
+        if config is not None:
+            query = query.where(a.c.config == config)
+        if shas is not None:
+            query = query.where(a.c.sha256.in_(sorted(set(shas))))
+        with self.engine.connect() as conn:
+            return {row.sha256: Artifact(*row) for row in conn.execute(query.order_by(a.c.sha256))}
 
     def originated(self, kind: str, node: str) -> list[str]:
         """The artifacts of `kind` first registered from `node`."""
