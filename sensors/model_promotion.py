@@ -10,8 +10,8 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog, ReplicaState
-from resources.inventory import FleetInventory
-from sync_assets.fleet.inventory import InventoryError, load_fleet
+from sensors._common import Tick, fleet_sensor
+from sync_assets.fleet.inventory import Fleet
 from sync_assets.models.publish import PROMOTED_ALIAS, canonical_model_path
 
 
@@ -30,14 +30,8 @@ def nodes_to_serve(
     return todo
 
 
-@dg.sensor(name="model_promotion", minimum_interval_seconds=30, job_name="models_to_nodes")
-def model_promotion(
-    context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
-) -> dg.SensorResult | dg.SkipReason:
-    try:
-        fleet = load_fleet(inventory)
-    except InventoryError as exc:
-        return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
+@fleet_sensor("model_promotion", 30, job_name="models_to_nodes")
+def model_promotion(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     promoted = catalog.aliases(PROMOTED_ALIAS)
     todo = nodes_to_serve(
         promoted,

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import dagster as dg
 
 from resources.catalog import Catalog
-from resources.inventory import FleetInventory
-from sync_assets.fleet.inventory import InventoryError, load_fleet
+from sensors._common import Tick, fleet_sensor
+from sync_assets.fleet.inventory import Fleet
 from sync_assets.partitions import NODES, nodes_partitions
 
 BATCH = 50  # partitions added or removed per tick: steady, never churned
@@ -31,14 +31,8 @@ def partition_changes(
     return to_add, to_remove
 
 
-@dg.sensor(name="node_discovery", minimum_interval_seconds=60)
-def node_discovery(
-    context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
-) -> dg.SensorResult | dg.SkipReason:
-    try:
-        fleet = load_fleet(inventory)
-    except InventoryError as exc:
-        return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
+@fleet_sensor("node_discovery", 60)
+def node_discovery(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     current = context.instance.get_dynamic_partitions(NODES)
     departed = set(current) - {n.name for n in fleet.nodes}
     to_add, to_remove = partition_changes(

@@ -4,8 +4,8 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from resources.inventory import FleetInventory
-from sync_assets.fleet.inventory import InventoryError, load_fleet
+from sensors._common import Tick, fleet_sensor
+from sync_assets.fleet.inventory import Fleet
 from sync_assets.kinds import GAMES_CANONICAL, NPZ
 
 NPZ_ALIAS = NPZ.alias
@@ -30,14 +30,8 @@ def configs_due(
     return due
 
 
-@dg.sensor(name="training_trigger", minimum_interval_seconds=120, job_name="export_npz")
-def training_trigger(
-    context: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
-) -> dg.SensorResult | dg.SkipReason:
-    try:
-        fleet = load_fleet(inventory)
-    except InventoryError as exc:
-        return dg.SkipReason(f"inventory {inventory.path} is invalid:\n{exc}")
+@fleet_sensor("training_trigger", 120, job_name="export_npz")
+def training_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     aliases = catalog.aliases_frame([NPZ_ALIAS, GAMES_CANONICAL.alias])
     exported = aliases[aliases["kind"] == NPZ_ALIAS].set_index("config")["updated_at"]
     merges = catalog.merges_since({config: exported.get(config) for config in fleet.configs})
