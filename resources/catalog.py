@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVarTuple
 
 import dagster as dg
 import pandas as pd
@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 SCHEMA_VERSION = 3
+_Columns = TypeVarTuple("_Columns")
 
 
 class ReplicaState(StrEnum):
@@ -235,6 +236,25 @@ def _durable_copy(durable_nodes: Collection[str]) -> sa.ColumnElement[bool]:
     return (replicas.c.state == ReplicaState.VERIFIED) & replicas.c.node.in_(sorted(durable_nodes))
 
 
+def _where(table: sa.Table, key: dict[str, Any]) -> sa.ColumnElement[bool]:
+    return sa.and_(*(table.c[column] == value for column, value in key.items()))
+
+
+def _replace(
+    conn: sa.Connection, table: sa.Table, key: dict[str, Any], *rows: dict[str, Any]
+) -> None:
+    """Make the rows at `key` be `rows` (each completed with `key`), whatever was there."""
+    conn.execute(table.delete().where(_where(table, key)))
+    if rows:
+        conn.execute(table.insert(), [key | row for row in rows])
+
+
+def _insert_new(conn: sa.Connection, table: sa.Table, key: dict[str, Any], **values: Any) -> None:
+    """Insert the row at `key` unless there is one: the first one written stays."""
+    if conn.execute(sa.select(*table.primary_key).where(_where(table, key))).first() is None:
+        conn.execute(table.insert().values(**key, **values))
+
+
 def default_catalog_url() -> str:
     """`FLEETSYNC_CATALOG_URL`, else a SQLite file under `$DAGSTER_HOME/fleetsync/`."""
     if url := os.environ.get("FLEETSYNC_CATALOG_URL"):
@@ -278,6 +298,18 @@ class Catalog(dg.ConfigurableResource):
         _migrate(engine)
         return engine
 
+    def _rows(self, query: sa.Select[*_Columns]) -> Sequence[sa.Row[*_Columns]]:
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
+    def _scalars(self, query: sa.Executable) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query))
+
+    def _frame(self, query: sa.Select[Any]) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
     # --- nodes -------------------------------------------------------------------
 
     def sync_nodes(self, fleet_nodes: Sequence[Any]) -> None:
@@ -285,7 +317,7 @@ class Catalog(dg.ConfigurableResource):
         discovery's step: decisions take node roles from the inventory, never from here."""
         names = {n.name for n in fleet_nodes}
         with self.engine.begin() as conn:
-            known = {r.name for r in conn.execute(sa.select(nodes.c.name))}
+            known = set(conn.scalars(sa.select(nodes.c.name)))
             for n in fleet_nodes:
                 values = {
                     "roles": ",".join(n.roles),
@@ -294,10 +326,7 @@ class Catalog(dg.ConfigurableResource):
                     "provider": n.provider.kind,
                     "state": NodeState.ACTIVE,
                 }
-                if n.name in known:
-                    conn.execute(nodes.update().where(nodes.c.name == n.name).values(values))
-                else:
-                    conn.execute(nodes.insert().values(name=n.name, **values))
+                _replace(conn, nodes, {"name": n.name}, values)
             if known - names:
                 conn.execute(
                     nodes.update()
@@ -316,26 +345,22 @@ class Catalog(dg.ConfigurableResource):
         error: str | None,
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(probes.delete().where(probes.c.node == node))
-            conn.execute(
-                probes.insert().values(
-                    node=node,
-                    reachable=reachable,
-                    last_probe_at=_now(),
-                    disk_total_bytes=disk_total_bytes,
-                    disk_free_bytes=disk_free_bytes,
-                    gpu_util_percent=gpu_util_percent,
-                    probe_error=error,
-                )
-            )
+            seen = {
+                "reachable": reachable,
+                "last_probe_at": _now(),
+                "disk_total_bytes": disk_total_bytes,
+                "disk_free_bytes": disk_free_bytes,
+                "gpu_util_percent": gpu_util_percent,
+                "probe_error": error,
+            }
+            _replace(conn, probes, {"node": node}, seen)
 
     def nodes_frame(self) -> pd.DataFrame:
         """The recorded nodes, each with what its last probe saw (NaN: never probed)."""
         query = sa.select(nodes, *(probes.c[c] for c in _PROBE_COLUMNS)).outerjoin(
             probes, probes.c.node == nodes.c.name
         )
-        with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
+        return self._frame(query)
 
     def disk_space(self, names: Collection[str]) -> dict[str, tuple[int | None, int | None]]:
         """node → (total, free) bytes its last probe saw, for the probed ones of `names`."""
@@ -343,14 +368,12 @@ class Catalog(dg.ConfigurableResource):
         query = sa.select(p.c.node, p.c.disk_total_bytes, p.c.disk_free_bytes).where(
             p.c.node.in_(sorted(names))
         )
-        with self.engine.connect() as conn:
-            return {r.node: (r.disk_total_bytes, r.disk_free_bytes) for r in conn.execute(query)}
+        return {r.node: (r.disk_total_bytes, r.disk_free_bytes) for r in self._rows(query)}
 
     def unreachable_nodes(self) -> frozenset[str]:
         """Nodes whose last probe found them unreachable."""
         query = sa.select(probes.c.node).where(probes.c.reachable.is_(False))
-        with self.engine.connect() as conn:
-            return frozenset(conn.scalars(query))
+        return frozenset(self._scalars(query))
 
     # --- artifacts and replicas --------------------------------------------------
 
@@ -359,21 +382,17 @@ class Catalog(dg.ConfigurableResource):
     ) -> None:
         """Idempotent: the same content registered twice is one artifact."""
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(artifacts.c.sha256).where(artifacts.c.sha256 == sha256)
-            ).first()
-            if not exists:
-                conn.execute(
-                    artifacts.insert().values(
-                        sha256=sha256,
-                        kind=kind,
-                        config=config,
-                        name=name,
-                        size=size,
-                        origin_node=origin_node,
-                        created_at=_now(),
-                    )
-                )
+            _insert_new(
+                conn,
+                artifacts,
+                {"sha256": sha256},
+                kind=kind,
+                config=config,
+                name=name,
+                size=size,
+                origin_node=origin_node,
+                created_at=_now(),
+            )
 
     def record_replica(
         self, sha256: str, node: str, path: str, size: int, state: str = ReplicaState.VERIFIED
@@ -381,30 +400,8 @@ class Catalog(dg.ConfigurableResource):
         """Record a copy whose SHA-256 was checked at `node`; replaces any other
         artifact previously recorded at the same (node, path), since the file was replaced."""
         with self.engine.begin() as conn:
-            conn.execute(
-                replicas.delete().where(
-                    (replicas.c.node == node)
-                    & (replicas.c.path == path)
-                    & (replicas.c.sha256 != sha256)
-                )
-            )
-            conn.execute(
-                replicas.delete().where(
-                    (replicas.c.sha256 == sha256)
-                    & (replicas.c.node == node)
-                    & (replicas.c.path == path)
-                )
-            )
-            conn.execute(
-                replicas.insert().values(
-                    sha256=sha256,
-                    node=node,
-                    path=path,
-                    size=size,
-                    verified_at=_now(),
-                    state=state,
-                )
-            )
+            copy = {"sha256": sha256, "size": size, "verified_at": _now(), "state": state}
+            _replace(conn, replicas, {"node": node, "path": path}, copy)
 
     def drop_replicas(self, node: str, replicas_at: Sequence[tuple[str, str]]) -> int:
         """Forget the (sha256, path) replicas on `node`, in one transaction (a wiped disk
@@ -433,8 +430,7 @@ class Catalog(dg.ConfigurableResource):
         )
         if paths is not None:
             query = query.where(r.c.path.in_(list(paths)))
-        with self.engine.connect() as conn:
-            return conn.execute(query).all()
+        return self._rows(query)
 
     def replica_path_span(self, node: str, states: Sequence[str]) -> tuple[str, str] | None:
         """The lowest and highest replica path on `node` (None: it holds none). Every
@@ -444,8 +440,7 @@ class Catalog(dg.ConfigurableResource):
         query = sa.select(sa.func.min(r.c.path), sa.func.max(r.c.path)).where(
             (r.c.node == node) & r.c.state.in_(list(states))
         )
-        with self.engine.connect() as conn:
-            lowest, highest = conn.execute(query).one()
+        ((lowest, highest),) = self._rows(query)
         return None if lowest is None else (lowest, highest)
 
     def has_copy(self, sha256: str) -> bool:
@@ -458,8 +453,7 @@ class Catalog(dg.ConfigurableResource):
             .where((r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)) & ~retired)
             .limit(1)
         )
-        with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+        return bool(self._rows(query))
 
     def _durable_counts(self, durable_nodes: Collection[str]) -> sa.Subquery:
         r = replicas
@@ -485,8 +479,7 @@ class Catalog(dg.ConfigurableResource):
             .outerjoin(have, have.c.sha256 == a.c.sha256)
             .where(a.c.kind.in_(kinds) & (sa.func.coalesce(have.c.copies, 0) < wanted))
         )
-        with self.engine.connect() as conn:
-            return set(conn.scalars(query))
+        return set(self._scalars(query))
 
     def durable_copy_counts(
         self,
@@ -505,8 +498,7 @@ class Catalog(dg.ConfigurableResource):
             )
         if shas is not None:
             query = query.where(have.c.sha256.in_(sorted(set(shas))))
-        with self.engine.connect() as conn:
-            return {r.sha256: r.copies for r in conn.execute(query)}
+        return {r.sha256: r.copies for r in self._rows(query)}
 
     def replicas_of(
         self,
@@ -521,9 +513,7 @@ class Catalog(dg.ConfigurableResource):
         )
         if nodes is not None:
             query = query.where(r.c.node.in_(sorted(nodes)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(r.c.node, r.c.path, r.c.sha256))
-            return [Replica(*row) for row in rows]
+        return [Replica(*row) for row in self._rows(query.order_by(r.c.node, r.c.path, r.c.sha256))]
 
     def artifacts_of(
         self,
@@ -541,15 +531,13 @@ class Catalog(dg.ConfigurableResource):
             query = query.where(a.c.config == config)
         if shas is not None:
             query = query.where(a.c.sha256.in_(sorted(set(shas))))
-        with self.engine.connect() as conn:
-            return {row.sha256: Artifact(*row) for row in conn.execute(query.order_by(a.c.sha256))}
+        return {row.sha256: Artifact(*row) for row in self._rows(query.order_by(a.c.sha256))}
 
     def originated(self, kind: str, node: str) -> list[str]:
         """The artifacts of `kind` first registered from `node`."""
         a = artifacts
         query = sa.select(a.c.sha256).where((a.c.kind == kind) & (a.c.origin_node == node))
-        with self.engine.connect() as conn:
-            return list(conn.scalars(query.order_by(a.c.created_at, a.c.sha256)))
+        return self._scalars(query.order_by(a.c.created_at, a.c.sha256))
 
     def snapshots_to_merge(self, config: str, durable_nodes: Collection[str]) -> set[str]:
         """Snapshots whose census counted games of `config`, with a verified copy on one
@@ -561,8 +549,7 @@ class Catalog(dg.ConfigurableResource):
             & sa.exists().where((r.c.sha256 == c.c.snapshot_sha256) & _durable_copy(durable_nodes))
             & ~sa.exists().where(q.c.sha256 == c.c.snapshot_sha256)
         )
-        with self.engine.connect() as conn:
-            return set(conn.scalars(query))
+        return set(self._scalars(query))
 
     def last_copy_holders(self, among: Collection[str]) -> set[str]:
         """The nodes of `among` holding the only copy (verified or staged) of something."""
@@ -579,8 +566,7 @@ class Catalog(dg.ConfigurableResource):
             .distinct()
             .where(r.c.node.in_(sorted(among)) & r.c.state.in_(list(ReplicaState)) & alone)
         )
-        with self.engine.connect() as conn:
-            return set(conn.scalars(query))
+        return set(self._scalars(query))
 
     def artifacts_frame(
         self, kinds: Sequence[str] | None = None, shas: Iterable[str] | None = None
@@ -590,8 +576,7 @@ class Catalog(dg.ConfigurableResource):
             query = query.where(artifacts.c.kind.in_(list(kinds)))
         if shas is not None:
             query = query.where(artifacts.c.sha256.in_(sorted(set(shas))))
-        with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
+        return self._frame(query)
 
     def replicas_frame(
         self, kinds: Sequence[str] | None = None, shas: Iterable[str] | None = None
@@ -608,8 +593,7 @@ class Catalog(dg.ConfigurableResource):
             query = query.where(artifacts.c.kind.in_(list(kinds)))
         if shas is not None:
             query = query.where(replicas.c.sha256.in_(sorted(set(shas))))
-        with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
+        return self._frame(query)
 
     def record_transfer(
         self,
@@ -641,8 +625,7 @@ class Catalog(dg.ConfigurableResource):
         """Bytes of every transfer that succeeded."""
         t = transfers
         query = sa.select(sa.func.coalesce(sa.func.sum(t.c.bytes), 0)).where(t.c.status == "ok")
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return int(self._scalars(query)[0])
 
     def verified_copies_per_node(self) -> dict[str, int]:
         r = replicas
@@ -651,39 +634,28 @@ class Catalog(dg.ConfigurableResource):
             .where(r.c.state == ReplicaState.VERIFIED)
             .group_by(r.c.node)
         )
-        with self.engine.connect() as conn:
-            return {node: n for node, n in conn.execute(query)}
+        return {node: n for node, n in self._rows(query)}
 
     def transfers_frame(self) -> pd.DataFrame:
-        with self.engine.connect() as conn:
-            return pd.read_sql(sa.select(transfers), conn)
+        return self._frame(sa.select(transfers))
 
     # --- live sources, merges, aliases -------------------------------------------
 
     def source_state(self, node: str, path: str) -> tuple[str, str] | None:
         """(fingerprint, snapshot_sha256) of the last snapshot of a live DB, if any."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(sources.c.fingerprint, sources.c.snapshot_sha256).where(
-                    (sources.c.node == node) & (sources.c.path == path)
-                )
-            ).first()
-        return (row.fingerprint, row.snapshot_sha256) if row else None
+        s = sources
+        key = _where(s, {"node": node, "path": path})
+        rows = self._rows(sa.select(s.c.fingerprint, s.c.snapshot_sha256).where(key))
+        return (rows[0].fingerprint, rows[0].snapshot_sha256) if rows else None
 
     def set_source_state(self, node: str, path: str, fingerprint: str, sha256: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                sources.delete().where((sources.c.node == node) & (sources.c.path == path))
-            )
-            conn.execute(
-                sources.insert().values(
-                    node=node,
-                    path=path,
-                    fingerprint=fingerprint,
-                    snapshot_sha256=sha256,
-                    snapshotted_at=_now(),
-                )
-            )
+            snapshot = {
+                "fingerprint": fingerprint,
+                "snapshot_sha256": sha256,
+                "snapshotted_at": _now(),
+            }
+            _replace(conn, sources, {"node": node, "path": path}, snapshot)
 
     def record_merges(
         self, config: str, canonical_sha256: str | None, per_snapshot: dict[str, dict[str, Any]]
@@ -713,59 +685,30 @@ class Catalog(dg.ConfigurableResource):
         merged again into another canonical version is counted once."""
         m = merges
         newest = sa.select(sa.func.max(m.c.id)).group_by(m.c.config, m.c.snapshot_sha256).subquery()
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(m.c.config, m.c.stats_json).where(m.c.id.in_(sa.select(newest)))
-            )
-            return [(r.config, r.stats_json) for r in rows]
+        query = sa.select(m.c.config, m.c.stats_json).where(m.c.id.in_(sa.select(newest)))
+        return [(r.config, r.stats_json) for r in self._rows(query)]
 
     def canonical_contents(self, canonical_sha256: str) -> set[str]:
         """The snapshots a canonical version is known to hold (empty: not known)."""
         c = canonical_contents
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(c.c.snapshot_sha256).where(c.c.canonical_sha256 == canonical_sha256)
-            )
-            return {r.snapshot_sha256 for r in rows}
+        query = sa.select(c.c.snapshot_sha256).where(c.c.canonical_sha256 == canonical_sha256)
+        return set(self._scalars(query))
 
     def record_canonical_contents(
         self, config: str, canonical_sha256: str, snapshots: set[str]
     ) -> None:
         """Record what a canonical version holds (replacing what was recorded for it)."""
-        c = canonical_contents
+        held = ({"snapshot_sha256": s, "config": config} for s in sorted(snapshots))
         with self.engine.begin() as conn:
-            conn.execute(c.delete().where(c.c.canonical_sha256 == canonical_sha256))
-            if snapshots:
-                conn.execute(
-                    c.insert(),
-                    [
-                        {
-                            "canonical_sha256": canonical_sha256,
-                            "snapshot_sha256": s,
-                            "config": config,
-                        }
-                        for s in sorted(snapshots)
-                    ],
-                )
+            _replace(conn, canonical_contents, {"canonical_sha256": canonical_sha256}, *held)
 
     def record_census(self, snapshot_sha256: str, configs: dict[str, int], unparsed: int) -> None:
         """Record the games per config counted in a snapshot (replacing an older count)."""
+        key = {"snapshot_sha256": snapshot_sha256}
+        games = ({"config": c, "games": n} for c, n in sorted(configs.items()))
         with self.engine.begin() as conn:
-            for table in (snapshot_configs, snapshot_census):
-                conn.execute(table.delete().where(table.c.snapshot_sha256 == snapshot_sha256))
-            conn.execute(
-                snapshot_census.insert().values(
-                    snapshot_sha256=snapshot_sha256, unparsed_games=unparsed, counted_at=_now()
-                )
-            )
-            if configs:
-                conn.execute(
-                    snapshot_configs.insert(),
-                    [
-                        {"snapshot_sha256": snapshot_sha256, "config": c, "games": n}
-                        for c, n in sorted(configs.items())
-                    ],
-                )
+            _replace(conn, snapshot_census, key, {"unparsed_games": unparsed, "counted_at": _now()})
+            _replace(conn, snapshot_configs, key, *games)
 
     def uncounted_snapshots(self, kind: str) -> set[str]:
         """Artifacts of `kind` with no census yet."""
@@ -773,51 +716,36 @@ class Catalog(dg.ConfigurableResource):
         query = sa.select(a.c.sha256).where(
             (a.c.kind == kind) & ~sa.exists().where(c.c.snapshot_sha256 == a.c.sha256)
         )
-        with self.engine.connect() as conn:
-            return set(conn.scalars(query))
+        return set(self._scalars(query))
 
     def quarantine(self, sha256: str, reason: str) -> None:
         """Mark an artifact unusable (idempotent: the first reason stays)."""
         with self.engine.begin() as conn:
-            if not conn.execute(
-                sa.select(quarantine.c.sha256).where(quarantine.c.sha256 == sha256)
-            ).first():
-                conn.execute(
-                    quarantine.insert().values(sha256=sha256, reason=reason, quarantined_at=_now())
-                )
+            _insert_new(conn, quarantine, {"sha256": sha256}, reason=reason, quarantined_at=_now())
 
     def quarantined(self) -> dict[str, str]:
         """sha256 → reason of every quarantined artifact."""
-        with self.engine.connect() as conn:
-            return {r.sha256: r.reason for r in conn.execute(sa.select(quarantine))}
+        return {r.sha256: r.reason for r in self._rows(sa.select(quarantine))}
 
     def alias(self, kind: str, config: str) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(aliases.c.sha256).where(
-                    (aliases.c.kind == kind) & (aliases.c.config == config)
-                )
-            ).scalar()
+        return self._alias_column("sha256", kind, config)
 
     def alias_updated_at(self, kind: str, config: str) -> float | None:
         """When the alias last moved (None: never set)."""
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(aliases.c.updated_at).where(
-                    (aliases.c.kind == kind) & (aliases.c.config == config)
-                )
-            ).scalar()
+        return self._alias_column("updated_at", kind, config)
+
+    def _alias_column(self, column: str, kind: str, config: str) -> Any:
+        key = _where(aliases, {"kind": kind, "config": config})
+        return next(iter(self._scalars(sa.select(aliases.c[column]).where(key))), None)
 
     def aliases_frame(self, kinds: Sequence[str]) -> pd.DataFrame:
         """The aliases of `kinds` (the primary key leads with the kind)."""
-        with self.engine.connect() as conn:
-            return pd.read_sql(sa.select(aliases).where(aliases.c.kind.in_(list(kinds))), conn)
+        return self._frame(sa.select(aliases).where(aliases.c.kind.in_(list(kinds))))
 
     def aliases(self, kind: str) -> dict[str, str]:
         """config → sha256 of every alias of `kind`."""
         query = sa.select(aliases.c.config, aliases.c.sha256).where(aliases.c.kind == kind)
-        with self.engine.connect() as conn:
-            return {config: sha for config, sha in conn.execute(query)}
+        return {config: sha for config, sha in self._rows(query)}
 
     def merges_since(self, since: dict[str, float | None]) -> pd.DataFrame:
         """config, snapshot_sha256, merged_at, games added (from the stats) of each
@@ -827,26 +755,20 @@ class Catalog(dg.ConfigurableResource):
             (m.c.config == config) & (m.c.merged_at > at if at is not None else sa.true())
             for config, at in since.items()
         ]
-        with self.engine.connect() as conn:
-            frame = pd.read_sql(sa.select(m).where(sa.or_(sa.false(), *after)), conn)
+        frame = self._frame(sa.select(m).where(sa.or_(sa.false(), *after)))
         frame["added"] = [json.loads(s).get("added", 0) for s in frame["stats_json"]]
         return frame.drop(columns=["stats_json"])
 
     def set_alias(self, kind: str, config: str, sha256: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                aliases.delete().where((aliases.c.kind == kind) & (aliases.c.config == config))
-            )
-            conn.execute(
-                aliases.insert().values(kind=kind, config=config, sha256=sha256, updated_at=_now())
-            )
+            key = {"kind": kind, "config": config}
+            _replace(conn, aliases, key, {"sha256": sha256, "updated_at": _now()})
 
     # --- circuit breakers ---------------------------------------------------------
 
     def breaker(self, node: str) -> sa.Row[Any] | None:
         """The node's breaker row (failures, last_failure_at, opened_at, last_error)."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
+        return next(iter(self._rows(sa.select(breakers).where(breakers.c.node == node))), None)
 
     def update_breaker(
         self, node: str, step: Callable[[sa.Row[Any] | None], dict[str, Any] | None]
@@ -857,13 +779,11 @@ class Catalog(dg.ConfigurableResource):
             row = conn.execute(sa.select(breakers).where(breakers.c.node == node)).first()
             new = step(row)
             if new is not None:
-                conn.execute(breakers.delete().where(breakers.c.node == node))
-                conn.execute(breakers.insert().values(node=node, **new))
+                _replace(conn, breakers, {"node": node}, new)
 
     def opened_breakers(self) -> Sequence[sa.Row[Any]]:
         """The breaker rows that have opened (open, or half-open by now)."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(breakers).where(breakers.c.opened_at.is_not(None))).all()
+        return self._rows(sa.select(breakers).where(breakers.c.opened_at.is_not(None)))
 
     # --- leases ------------------------------------------------------------------
 
@@ -888,10 +808,9 @@ class Catalog(dg.ConfigurableResource):
             else:
                 current = holder
         if current is None:
-            with self.engine.connect() as conn:
-                owner = conn.execute(
-                    sa.select(leases.c.holder).where(leases.c.name == name)
-                ).scalar()
+            owner = next(
+                iter(self._scalars(sa.select(leases.c.holder).where(leases.c.name == name))), None
+            )
             raise LeaseHeld(f"lease {name!r} is held by {owner}")
         try:
             yield holder
@@ -907,23 +826,12 @@ def _v2_merges_by_canonical_version(conn: sa.Connection) -> None:
     version it produced, so a snapshot can be merged again into another version. Rows
     are carried over with that version unknown (None)."""
     old = sa.Table("merges", sa.MetaData(), autoload_with=conn)
-    rows = [dict(r._mapping) for r in conn.execute(sa.select(old))]
+    kept = (old.c.config, old.c.snapshot_sha256, old.c.merged_at, old.c.stats_json)
+    rows = [dict(r._mapping, canonical_sha256=None) for r in conn.execute(sa.select(*kept))]
     old.drop(conn)
     merges.create(conn)
     if rows:
-        conn.execute(
-            merges.insert(),
-            [
-                {
-                    "config": r["config"],
-                    "snapshot_sha256": r["snapshot_sha256"],
-                    "canonical_sha256": None,
-                    "merged_at": r["merged_at"],
-                    "stats_json": r["stats_json"],
-                }
-                for r in rows
-            ],
-        )
+        conn.execute(merges.insert(), rows)
 
 
 def _v3_probes_apart_from_nodes(conn: sa.Connection) -> None:
