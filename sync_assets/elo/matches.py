@@ -3,8 +3,8 @@
 This file is shipped to nodes and run there (LESSONS 10: the raw rows are what
 travels and what is kept; ratings are recomputed centrally from all of them):
 
-    matches.py COMMAND ARGS...   (a bundle with `fleet/configs.py`, then an optional
-                                  JSON payload, on stdin: `resources/transport/programs.py`)
+    matches.py COMMAND ARGS...   (a bundle with `fleet/configs.py` and `fleet/node_program.py`,
+                                  then an optional JSON payload, on stdin: `programs.py`)
 
     check SNAPSHOT             does it read as an Elo DB? → {"seen", "valid", "rejected"}
     union FLEET_DB             payload [{"path", "sha256", "label"}...] → per-snapshot stats
@@ -100,6 +100,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync_assets.fleet.configs import normalize_config
+from sync_assets.fleet.node_program import reply, ro_uri, sha256_file, stdin_payload
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
@@ -457,8 +458,7 @@ def _connect_ro(path: str) -> sqlite3.Connection:
     """Read-only: a mistyped path must fail, not create an empty DB."""
     if not os.path.isfile(path):
         raise EloDbError(f"{path}: no such file", corrupt=False)
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-    return sqlite3.connect(uri, uri=True)
+    return sqlite3.connect(ro_uri(path), uri=True)
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -679,18 +679,10 @@ def _union_one(conn: sqlite3.Connection, path: str, sha256: str, label: str) -> 
     return {"label": label, "sha256": sha256, "skipped": False, **stats}
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_problem(path: str, sha256: str) -> str | None:
     """Why the file at `path` is not a good copy of snapshot `sha256`, or None."""
     try:
-        got = _sha256_file(path)
+        got = sha256_file(path)
     except FileNotFoundError:
         return f"{path}: no such file"
     except OSError as exc:
@@ -834,23 +826,17 @@ def main(argv: Sequence[str] | None = None, payload: bytes = b"") -> int:
     dump.add_argument("fleet_db")
     dump.add_argument("config")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "check":
-            result: Any = check_elo_db(args.snapshot)
-        elif args.command == "union":
-            result = union_snapshots(args.fleet_db, json.loads(payload or b"[]"))
-        else:
-            result = {
-                "config": args.config,
-                "matches": dump_config(args.fleet_db, args.config),
-                "conflicts": count_conflicts(args.fleet_db, args.config),
-            }
-    except (EloDbError, ValueError, sqlite3.Error, OSError) as exc:
-        print(json.dumps({"error": str(exc)}))
-        return 2
-    print(json.dumps(result))
-    return 0
+    commands = {
+        "check": lambda: check_elo_db(args.snapshot),
+        "union": lambda: union_snapshots(args.fleet_db, json.loads(payload or b"[]")),
+        "dump": lambda: {
+            "config": args.config,
+            "matches": dump_config(args.fleet_db, args.config),
+            "conflicts": count_conflicts(args.fleet_db, args.config),
+        },
+    }
+    return reply(commands[args.command], (EloDbError, ValueError, sqlite3.Error, OSError))
 
 
 if __name__ == "__main__":
-    sys.exit(main(payload=sys.stdin.buffer.read() if not sys.stdin.isatty() else b""))
+    sys.exit(main(payload=stdin_payload()))

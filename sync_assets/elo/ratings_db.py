@@ -1,6 +1,7 @@
 """`elo/fleet_ratings.db` (CONTRACT.md): write one config's rows, read them, verify a copy.
 
-Shipped to the node that holds the file and run there, like `matches.py`:
+Shipped to the node that holds the file and run there, like `matches.py` (a bundle with
+`fleet/node_program.py`):
 
     ratings_db.py write RATINGS_DB CONFIG   payload {"rows": [...], "now": epoch s}
     ratings_db.py read RATINGS_DB [CONFIG]  → {"rows": [...]}
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -39,6 +39,8 @@ import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from sync_assets.fleet.node_program import reply, ro_uri, sha256_file, stdin_payload
 
 READ_ONLY = 0o444
 SCHEMA = """CREATE TABLE IF NOT EXISTS ratings (
@@ -73,10 +75,6 @@ def split_config(config: str) -> tuple[str, int]:
     if m is None:
         raise RatingsDbError(f"not a normalised config key: {config!r}")
     return m.group(1), int(m.group(2))
-
-
-def _ro_uri(path: str) -> str:
-    return "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
 
 
 def _fsync_dir(directory: str) -> None:
@@ -158,7 +156,7 @@ def write_config(path: str, config: str, rows: list[dict[str, Any]], now: float)
         dst = sqlite3.connect(staging, isolation_level=None)
         try:
             if os.path.exists(path):
-                src = sqlite3.connect(_ro_uri(path), uri=True)
+                src = sqlite3.connect(ro_uri(path), uri=True)
                 try:
                     src.backup(dst)
                 finally:
@@ -200,7 +198,7 @@ def read_rows(path: str, config: str | None = None) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True)
+        conn = sqlite3.connect(ro_uri(path), uri=True)
         try:
             # A file of an older version: its rows were never shown to be anchored.
             older = "anchored" not in _table_columns(conn)
@@ -220,15 +218,12 @@ def read_rows(path: str, config: str | None = None) -> list[dict[str, Any]]:
 
 def verify(path: str, sha256: str) -> dict[str, Any]:
     """Make the published copy read-only and prove it: SHA-256, SQLite integrity, mode."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        got = sha256_file(path)
     except OSError as exc:
         raise RatingsDbError(f"{path}: {exc}") from exc
-    if digest.hexdigest() != sha256:
-        raise RatingsDbError(f"{path}: sha256 {digest.hexdigest()} is not the published {sha256}")
+    if got != sha256:
+        raise RatingsDbError(f"{path}: sha256 {got} is not the published {sha256}")
     os.chmod(path, READ_ONLY)
     rows = len(read_rows(path))
     mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -249,20 +244,17 @@ def main(argv: Sequence[str] | None = None, payload: bytes = b"") -> int:
     check.add_argument("path")
     check.add_argument("sha256")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "write":
-            body = json.loads(payload)
-            result: Any = write_config(args.path, args.config, body["rows"], float(body["now"]))
-        elif args.command == "read":
-            result = {"rows": read_rows(args.path, args.config)}
-        else:
-            result = verify(args.path, args.sha256)
-    except (RatingsDbError, OSError, ValueError, KeyError) as exc:
-        print(json.dumps({"error": str(exc)}))
-        return 2
-    print(json.dumps(result))
-    return 0
+    commands = {
+        "write": lambda: _write(args.path, args.config, json.loads(payload)),
+        "read": lambda: {"rows": read_rows(args.path, args.config)},
+        "verify": lambda: verify(args.path, args.sha256),
+    }
+    return reply(commands[args.command], (RatingsDbError, OSError, ValueError, KeyError))
+
+
+def _write(path: str, config: str, body: dict[str, Any]) -> dict:
+    return write_config(path, config, body["rows"], float(body["now"]))
 
 
 if __name__ == "__main__":
-    sys.exit(main(payload=sys.stdin.buffer.read() if not sys.stdin.isatty() else b""))
+    sys.exit(main(payload=stdin_payload()))

@@ -13,10 +13,10 @@ from contextlib import ExitStack, contextmanager
 from resources.catalog import Catalog, LeaseHeld
 from resources.transport.programs import Program
 from sync_assets.elo import matches, ratings_db
-from sync_assets.fleet import configs
+from sync_assets.fleet import configs, node_program
 
-MATCHES_PY = Program("matches.py", matches, (configs,))
-RATINGS_DB_PY = Program("ratings_db.py", ratings_db)
+MATCHES_PY = Program("matches.py", matches, (configs, node_program))
+RATINGS_DB_PY = Program("ratings_db.py", ratings_db, (node_program,))
 
 
 @contextmanager
