@@ -9,8 +9,12 @@ then renamed atomically.
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+CHUNK_BYTES = 1 << 20  # streams and hashes move bounded blocks, never a whole file
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class NodeAddress(Protocol):
@@ -85,8 +89,7 @@ class CopyResult:
     seconds: float
 
 
-@dataclass(frozen=True)
-class CopyItem:
+class CopyItem(NamedTuple):
     """One file of a batch copy between two nodes."""
 
     src_path: str
@@ -187,6 +190,14 @@ class Transport(abc.ABC):
         self, node: NodeAddress, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv on the node with the data root as working directory."""
+
+
+def expected_sha256(sha256: str, where: str) -> str:
+    """The digest a copy must arrive with (lower case); ValueError naming `where` if none."""
+    expected = sha256.lower()
+    if not SHA256_HEX.match(expected):
+        raise ValueError(f"{where}: copy: not a SHA-256 hex digest")
+    return expected
 
 
 def link_rate(src: NodeAddress, dst: NodeAddress) -> float | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import signal
 import stat as stat_mod
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from resources.transport.base import (
+    CHUNK_BYTES,
     Argv,
     ChecksumMismatch,
     CopyResult,
@@ -31,13 +31,11 @@ from resources.transport.base import (
     RemoteFile,
     TransferError,
     Transport,
+    expected_sha256,
     link_rate,
 )
 from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath, staging_name
 from resources.transport.sqlite_snapshot import SnapshotError, snapshot
-
-CHUNK_BYTES = 1 << 20
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -238,9 +236,7 @@ class LocalTransport(Transport):
         self, src: NodeAddress, src_path: str, dst: NodeAddress, dst_path: str, sha256: str
     ) -> CopyResult:
         """Verified, atomic, streaming copy; a no-op when dst already has these bytes."""
-        expected = sha256.lower()
-        if not _SHA256_HEX.match(expected):
-            raise ValueError(f"{_where(src, src_path, 'copy')}: not a SHA-256 hex digest")
+        expected = expected_sha256(sha256, f"node {src.name!r}: {src_path!r}")
         started = time.monotonic()
         src_rel, source = self._resolve(src, src_path, "copy: read source", follow=True)
         dst_rel, final = self._resolve(dst, dst_path, "copy: target", follow=False)

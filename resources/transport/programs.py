@@ -27,12 +27,6 @@ from resources.transport.base import NodeAddress, TransferError, Transport
 STDERR_TAIL = 2000  # characters of stderr kept in a failure's message
 
 
-def python_for(node: NodeAddress) -> str:
-    """The interpreter that runs shipped programs on a node: this process's own for local
-    nodes (same numpy), the node's `python3` over SSH."""
-    return sys.executable if node.transport == "local" else "python3"
-
-
 @dataclass(frozen=True)
 class Program:
     """A program shipped to nodes: `main` run as `__main__`, with `helpers` importable
@@ -88,7 +82,9 @@ def run_program(
     source = program.bundle
     boot = f"import sys;exec(compile(sys.stdin.buffer.read({len(source)}),'fleetsync','exec'))"
     stdin = source + (json.dumps(payload).encode() if payload is not None else b"")
-    done = transport.exec(node, [python_for(node), "-c", boot, *args], stdin, timeout)
+    # This process's own interpreter for local nodes (same numpy), the node's `python3` over SSH.
+    python = sys.executable if node.transport == "local" else "python3"
+    done = transport.exec(node, [python, "-c", boot, *args], stdin, timeout)
     try:
         result = json.loads(done.stdout)
     except ValueError:

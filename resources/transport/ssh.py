@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import select
 import shlex
 import shutil
@@ -36,6 +35,8 @@ import paramiko
 
 from resources.transport import node_agent
 from resources.transport.base import (
+    CHUNK_BYTES,
+    SHA256_HEX,
     Argv,
     ChecksumMismatch,
     CopyBatch,
@@ -49,6 +50,7 @@ from resources.transport.base import (
     RemoteFile,
     TransferError,
     Transport,
+    expected_sha256,
     link_rate,
 )
 from resources.transport.paths import (
@@ -66,7 +68,6 @@ from resources.transport.programs import SQLITE_SNAPSHOT, RemoteProgramFailed, r
 AGENT_COMMAND = 'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I -c ' + shlex.quote(
     Path(node_agent.__file__).read_text()
 )
-CHUNK_BYTES = 1 << 20
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 # curve25519: the post-quantum hybrid OpenSSH 9 prefers costs ~0.1 s per connection
@@ -74,7 +75,6 @@ CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@opens
 # anyway. Only names every OpenSSH since 6.5 knows: an older client on a node (the
 # pull runs `ssh` there) refuses to start on a KexAlgorithms name it does not know.
 KEX = "curve25519-sha256,curve25519-sha256@libssh.org"
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 Files = list[RemoteFile]
 
 
@@ -319,7 +319,7 @@ class SshTransport(Transport):
             node, self._run(node, f"sha256sum -- {shlex.quote(absolute)}"), f"sha256 {rel}"
         )
         digest = out[:64]
-        if not _SHA256_HEX.match(digest):
+        if not SHA256_HEX.match(digest):
             raise TransferError(f"node {node.name}: sha256 {rel}: unexpected output {out[:80]!r}")
         return digest
 
@@ -346,12 +346,8 @@ class SshTransport(Transport):
         if "/" in target_name or safe_relpath(target_name) != target_name:
             raise UnsafePathError(f"node {node.name}: {rel!r}: symlink: target must be a sibling")
         staging = posixpath.join(node.data_root, staging_name(rel))
-        command = (
-            f"mkdir -p -- {shlex.quote(posixpath.dirname(link))} && "
-            f"ln -s -- {shlex.quote(target_name)} {shlex.quote(staging)} && "
-            f"mv -Tf -- {shlex.quote(staging)} {shlex.quote(link)}"
-        )
-        self._check(node, self._run(node, command), f"symlink {rel}")
+        make = f"ln -s -- {shlex.quote(target_name)} {shlex.quote(staging)} && "
+        self._move(node, staging, link, f"symlink {rel}", make)
 
     def make_dirs(self, node: NodeAddress, directory: str) -> None:
         rel, absolute = self._abs(node, directory, "mkdir")
@@ -360,11 +356,14 @@ class SshTransport(Transport):
     def rename(self, node: NodeAddress, src: str, dst: str) -> None:
         rel, source = self._abs(node, src, "rename")
         dst_rel, target = self._abs(node, dst, "rename")
-        command = (
-            f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && "
-            f"mv -Tf -- {shlex.quote(source)} {shlex.quote(target)}"
-        )
-        self._check(node, self._run(node, command), f"rename {rel} -> {dst_rel}")
+        self._move(node, source, target, f"rename {rel} -> {dst_rel}")
+
+    def _move(self, node: NodeAddress, source: str, target: str, what: str, make: str = "") -> None:
+        """Rename `source` over `target` atomically (`mv -T`), creating target's directory;
+        `make` runs in between (it makes the source)."""
+        mkdir = f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && "
+        command = f"{mkdir}{make}mv -Tf -- {shlex.quote(source)} {shlex.quote(target)}"
+        self._check(node, self._run(node, command), what)
 
     def remove(self, node: NodeAddress, path: str) -> None:
         rel, absolute = self._abs(node, path, "remove")
@@ -402,9 +401,7 @@ class SshTransport(Transport):
         self, src: NodeAddress, src_path: str, dst: NodeAddress, dst_path: str, sha256: str
     ) -> CopyResult:
         """Verified, atomic copy between two SSH nodes (direct pull, or streamed relay)."""
-        expected = sha256.lower()
-        if not _SHA256_HEX.match(expected):
-            raise ValueError(f"node {src.name}: {src_path!r}: copy: not a SHA-256 hex digest")
+        expected = expected_sha256(sha256, f"node {src.name}: {src_path!r}")
         started = time.monotonic()
         src_rel, source = self._abs(src, src_path, "copy: source")
         dst_rel, final = self._abs(dst, dst_path, "copy: target")
@@ -424,7 +421,10 @@ class SshTransport(Transport):
             reply = self._agent(dst, job, what, src)
             seconds = time.monotonic() - started
             return CopyResult(dst_rel, expected, reply["size"], reply["moved"], seconds)
-        size = self._size_or_fail(src, src_rel, what)
+        found = self.stat(src, src_rel)
+        if found is None:
+            raise TransferError(f"{what}: source file is missing")
+        size = found.size
         if self._has_copy(dst, dst_rel, size, expected):
             return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
         self._relay(src, source, dst, staging, what)
@@ -504,12 +504,6 @@ class SshTransport(Transport):
         send = f"cd -- {shlex.quote(src.data_root)} && tar -cf - --null -T -"
         receive = f"mkdir -p -- {shlex.quote(batch)} && tar -xf - -C {shlex.quote(batch)}"
         self._pump(src, send, names, dst, receive, what)
-
-    def _size_or_fail(self, node: NodeAddress, rel: str, what: str) -> int:
-        found = self.stat(node, rel)
-        if found is None:
-            raise TransferError(f"{what}: source file is missing")
-        return found.size
 
     def _has_copy(self, node: NodeAddress, rel: str, size: int, expected: str) -> bool:
         found = self.stat(node, rel)
