@@ -165,17 +165,10 @@ _COMPARISONS = {
     "less_than": ("lt", "<"),
     "less_than_equal": ("le", "≤"),
 }
-_HOST_KEY_TYPES = frozenset(
-    {
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    }
-)
+_HOST_KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})  # fmt: skip
 _DURABLE_TEXT = "durable node{s} (role storage/coordinator, not ephemeral)"
 
 
@@ -212,13 +205,8 @@ def parse_inventory(text: str, source: str = "fleet.yaml") -> Fleet:
             [*problems, f"{source}: empty file: expected a mapping with fleet and nodes"]
         )
     if not isinstance(data, dict):
-        raise InventoryError(
-            [
-                *problems,
-                f"{source}: must be a mapping with fleet and nodes (optionally configs, "
-                f"policy), not {_kind_of(data)}",
-            ]
-        )
+        shape = f"a mapping with fleet and nodes (optionally configs, policy), not {_kind_of(data)}"
+        raise InventoryError([*problems, f"{source}: must be {shape}"])
     labels = _node_labels(data.get("nodes"))
     fleet, found = _validate(data, labels)
     found.sort(key=_order)
@@ -368,13 +356,8 @@ def _normalised_node(node: dict[Any, Any], at: Loc, found: Found) -> dict[Any, A
     if isinstance(node.get("host_key"), str):
         pinned = _pinned_host_key(node["host_key"])
         if pinned is None:
-            found.append(
-                (
-                    (*at, "host_key"),
-                    "must be a public host key like 'ssh-ed25519 AAAA...' "
-                    "(a line of ssh-keyscan output)",
-                )
-            )
+            example = "'ssh-ed25519 AAAA...' (a line of ssh-keyscan output)"
+            found.append(((*at, "host_key"), f"must be a public host key like {example}"))
         else:
             node["host_key"] = pinned
     return node
@@ -441,13 +424,8 @@ def _root_rules(nodes: list[Any], labels: dict[int, str], invalid: set[Loc]) -> 
             if machine == other_machine and (
                 path.is_relative_to(other) or other.is_relative_to(path)
             ):
-                found.append(
-                    (
-                        loc,
-                        f"{path} overlaps {labels[j]}'s {other} on the same machine; "
-                        "copies there would not be distinct replicas",
-                    )
-                )
+                overlap = f"{path} overlaps {labels[j]}'s {other} on the same machine"
+                found.append((loc, f"{overlap}; copies there would not be distinct replicas"))
         seen.append((i, machine, path))
     return found
 
@@ -460,13 +438,8 @@ def _ssh_rules(node: dict[Any, Any], at: Loc) -> Found:
             found.append(((*at, field), f"required when transport is ssh{what}"))
     pins = [field for field in ("host_key", "known_hosts") if node.get(field) not in (None, "")]
     if not pins:
-        found.append(
-            (
-                (*at, "host_key"),
-                "required when transport is ssh: pin the host key with host_key or "
-                "known_hosts (unknown host keys are never accepted)",
-            )
-        )
+        pin = "pin the host key with host_key or known_hosts (unknown host keys are never accepted)"
+        found.append(((*at, "host_key"), f"required when transport is ssh: {pin}"))
     elif len(pins) == 2:
         found.append(((*at, "known_hosts"), "give host_key or known_hosts, not both"))
     return found

@@ -52,27 +52,19 @@ _DAMAGED = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, pickl
 # Per-sample arrays: name → (dtype kinds accepted, shape after N, what DATA.md says).
 # Strings may be stored as object arrays of str (DATA.md) or as fixed-width unicode.
 _FLOAT32 = ("float32",)
-_INT32 = ("int32",)
-_OBJECT = ("object",)
-_STRING = ("object", "unicode")
+_SCALAR: tuple[int, ...] = ()  # one value per sample
 PER_SAMPLE: dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]] = {
     "features": (_FLOAT32, None),  # [C, H, W], checked on its own
     "globals": (_FLOAT32, (20,)),
-    "values": (_FLOAT32, ()),
+    "values": (_FLOAT32, _SCALAR),
     "values_mp": (_FLOAT32, (4,)),
-    "num_players": (_INT32, ()),
-    "move_numbers": (_INT32, ()),
-    "total_game_moves": (_INT32, ()),
-    "policy_indices": (_OBJECT, ()),
-    "policy_values": (_OBJECT, ()),
-    "phases": (_STRING, ()),
-    "victory_types": (_STRING, ()),
-    "engine_modes": (_STRING, ()),
-    "move_types": (_STRING, ()),
-    "opponent_types": (_STRING, ()),
-    "opponent_elo": (_FLOAT32, ()),
-    "generator_elo": (_FLOAT32, ()),
-    "quality_score": (_FLOAT32, ()),
+    **dict.fromkeys(("num_players", "move_numbers", "total_game_moves"), (("int32",), _SCALAR)),
+    **dict.fromkeys(("policy_indices", "policy_values"), (("object",), _SCALAR)),
+    **dict.fromkeys(
+        ("phases", "victory_types", "engine_modes", "move_types", "opponent_types"),
+        (("object", "unicode"), _SCALAR),
+    ),
+    **dict.fromkeys(("opponent_elo", "generator_elo", "quality_score"), (_FLOAT32, _SCALAR)),
 }
 # Element dtype of each sparse-policy entry.
 POLICY_ELEMENT = {"policy_indices": "int32", "policy_values": "float32"}
