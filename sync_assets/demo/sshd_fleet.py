@@ -19,6 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+_SSHD_OPTIONS = """\
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+MaxStartups 100:30:200
+MaxSessions 50
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
 
 
 @dataclass
@@ -85,25 +97,8 @@ class SshdFleet:
         port = _free_port(host)
         config = home / "sshd_config"
         config.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress {host}:{port}",
-                    f"HostKey {host_key_file}",
-                    f"PidFile {home / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {authorized}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PubkeyAuthentication yes",
-                    "PermitRootLogin prohibit-password",
-                    "StrictModes no",
-                    "UsePAM no",
-                    "MaxStartups 100:30:200",
-                    "MaxSessions 50",
-                    "Subsystem sftp internal-sftp",
-                    "LogLevel ERROR",
-                    "",
-                ]
-            )
+            f"ListenAddress {host}:{port}\nHostKey {host_key_file}\n"
+            f"PidFile {home / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n{_SSHD_OPTIONS}"
         )
         return SshdNode(name, host, port, data_root, f"{public[0]} {public[1]}", config)
 
