@@ -22,6 +22,7 @@ from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
     copy_recorded,
+    node_names,
     unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
@@ -77,38 +78,33 @@ def stage(
     if not wanted:
         return staged
     staged.moved = confirm_holders(wanted, fleet, catalog, transports, nodes=[primary.name])
-    artifacts = catalog.artifacts_frame().set_index("sha256")
+    artifacts = catalog.artifacts_frame(shas=wanted).set_index("sha256")
     labels = {
         sha: f"{artifacts.at[sha, 'origin_node']}:{artifacts.at[sha, 'name']} ({sha[:16]})"
         for sha in wanted
     }
-    replicas = catalog.replicas_frame()
-    verified = replicas[
-        replicas["sha256"].isin(wanted)
-        & (replicas["state"] == "verified")
-        & replicas["node"].isin([n.name for n in fleet.nodes])
-    ]
-    have = set(verified.loc[verified["node"] == primary.name, "sha256"])
-    others = verified[verified["node"] != primary.name]
-    durable = {n.name for n in fleet.durable_nodes}
-    others = others.assign(ephemeral=~others["node"].isin(durable)).sort_values(
-        ["ephemeral", "node", "path"]
+    verified = catalog.replicas_of(wanted, nodes=node_names(fleet.nodes))
+    have = {r.sha256 for r in verified if r.node == primary.name}
+    durable = node_names(fleet.durable_nodes)
+    others = sorted(
+        (r for r in verified if r.node != primary.name),
+        key=lambda r: (r.node not in durable, r.node, r.path),
     )
     down = unavailable_nodes(catalog)
     holders: dict[str, list[tuple[str, str]]] = {}  # sha256 → reachable (node, path), in turn
     for sha in sorted(wanted - have):
-        rows = others[others["sha256"] == sha]
-        up = rows[~rows["node"].isin(down)]
+        held_by = [(r.node, r.path) for r in others if r.sha256 == sha]
+        up = [(node, path) for node, path in held_by if node not in down]
         if staged.moved.failures:  # the primary could not be looked at: nothing to build on
             staged.missing[sha] = f"{labels[sha]}: {primary.name} could not be looked at"
-        elif rows.empty:
+        elif not held_by:
             staged.missing[sha] = f"{labels[sha]}: no copy left anywhere to bring to {primary.name}"
             staged.moved.findings.append(staged.missing[sha])
-        elif up.empty:
-            nodes = ", ".join(sorted(rows["node"]))
+        elif not up:
+            nodes = ", ".join(sorted(node for node, _ in held_by))
             staged.missing[sha] = f"{labels[sha]}: held only by unreachable node(s) {nodes}"
         else:
-            holders[sha] = list(zip(up["node"], up["path"], strict=True))
+            holders[sha] = up
     while holders:
         by_source: dict[str, list[CopyItem]] = {}
         for sha, turns in holders.items():
@@ -128,12 +124,11 @@ def stage(
                 )
                 if not holders[item.sha256]:
                     del holders[item.sha256]
-    here = catalog.replicas_frame()
-    here = here[
-        here["sha256"].isin(wanted) & (here["node"] == primary.name) & (here["state"] == "verified")
-    ]
+    here: dict[str, str] = {}  # sha256 → its first path on the primary
+    for r in catalog.replicas_of(wanted, nodes=[primary.name]):
+        here.setdefault(r.sha256, r.path)
     staged.held = [
-        StagedCopy(str(r.sha256), str(r.path), str(r.origin_node), str(r.name))
-        for r in here.drop_duplicates("sha256").sort_values("sha256").itertuples(index=False)
+        StagedCopy(sha, path, artifacts.at[sha, "origin_node"], artifacts.at[sha, "name"])
+        for sha, path in sorted(here.items())
     ]
     return staged

@@ -105,15 +105,13 @@ def copy_recorded(
     for item, outcome in zip(items, results, strict=True):
         if isinstance(outcome, CopyResult):
             catalog.record_replica(item.sha256, dst.name, item.dst_path, outcome.size)
-            catalog.record_transfer(
-                item.sha256, src.name, dst.name, item.dst_path,
-                bytes_moved=outcome.bytes_moved, seconds=outcome.seconds,
-            )  # fmt: skip
+            moved, seconds, error = outcome.bytes_moved, outcome.seconds, None
         else:
-            catalog.record_transfer(
-                item.sha256, src.name, dst.name, item.dst_path,
-                bytes_moved=0, seconds=time.monotonic() - started, error=str(outcome),
-            )  # fmt: skip
+            moved, seconds, error = 0, time.monotonic() - started, str(outcome)
+        catalog.record_transfer(
+            item.sha256, src.name, dst.name, item.dst_path,
+            bytes_moved=moved, seconds=seconds, error=error,
+        )  # fmt: skip
     return results
 
 
