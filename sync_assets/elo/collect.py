@@ -44,7 +44,7 @@ from sync_assets.engine.live_db import (
     confirm_originated,
     snapshot_if_changed,
 )
-from sync_assets.engine.replication import ReplicationResult
+from sync_assets.engine.replication import ReplicationResult, node_names
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.kinds import ELO_SNAPSHOT
 
@@ -174,10 +174,9 @@ def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionRe
     primary = choose_primary(fleet, catalog)
     result.primary = primary.name
     with waiting_lease(catalog, UNION_LEASE):
-        replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-        durable = {n.name for n in fleet.durable_nodes}
-        collected = replicas[(replicas["state"] == "verified") & replicas["node"].isin(durable)]
-        staged = stage(primary, collected["sha256"], collected_path, fleet, catalog, transports)
+        durable = node_names(fleet.durable_nodes)
+        collected = catalog.durable_copy_counts(durable, kind=SNAPSHOT_KIND)
+        staged = stage(primary, collected, collected_path, fleet, catalog, transports)
         result.moved, left_out = staged.moved, staged.missing
         payload = [
             {"path": c.path, "sha256": c.sha256, "label": f"{c.origin_node}:{c.name}"}

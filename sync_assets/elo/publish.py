@@ -74,12 +74,12 @@ def catalog_identity(catalog: Catalog) -> Identity:
     have always meant one set of weights, and {sha256 → config}. A name meaning one
     sha *so far* is not enough for a reused file name (`candidate_*`, ...): those are
     never resolved by name (`identity.is_reused_name`), only by a recorded sha."""
-    models = catalog.artifacts_frame([MODEL_KIND])
+    models = catalog.artifacts_of(MODEL_KIND).values()
     shas_of: dict[str, set[str]] = {}
-    for art in models.itertuples(index=False):
-        shas_of.setdefault(str(art.name), set()).add(str(art.sha256))
+    for art in models:
+        shas_of.setdefault(art.name, set()).add(art.sha256)
     unique = {name: next(iter(shas)) for name, shas in shas_of.items() if len(shas) == 1}
-    configs = {str(a.sha256): str(a.config) for a in models.itertuples(index=False) if a.config}
+    configs = {a.sha256: a.config for a in models if a.config}
     return Identity(model_shas=unique, model_configs=configs)
 
 
@@ -92,11 +92,7 @@ def fit_config(selection: Selection) -> pd.DataFrame:
 
 def _holders(catalog: Catalog, sha256: str, names: set[str]) -> set[str]:
     """Nodes among `names` with a verified copy of `sha256` at RATINGS_DB."""
-    reps = catalog.replicas_frame([RATINGS_KIND])
-    ok = reps[
-        (reps["sha256"] == sha256) & (reps["path"] == RATINGS_DB) & (reps["state"] == "verified")
-    ]
-    return set(ok["node"]) & names
+    return {r.node for r in catalog.replicas_of([sha256], nodes=names) if r.path == RATINGS_DB}
 
 
 def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Transports) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
-from resources.catalog import Catalog
+from resources.catalog import Catalog, Replica, ReplicaState
 from resources.transport import Transports
 from resources.transport.base import TransferError
 from resources.transport.programs import SQLITE_SNAPSHOT, RemoteProgramFailed
@@ -71,21 +69,14 @@ class CanonicalResult:
     durable_copies: int = 0
 
 
-def _holder_or_busiest(
-    reachable: list[Node], current: str | None, replicas: pd.DataFrame
-) -> Node | None:
+def _holder_or_busiest(reachable: list[Node], current: str | None, catalog: Catalog) -> Node | None:
     """Games' primary: the reachable durable node holding the current canonical DB;
     else the one holding most verified copies."""
     by_name = {n.name: n for n in reachable}
-    verified = replicas[(replicas["state"] == "verified") & replicas["node"].isin(by_name)]
-    if current is not None:
-        holders = verified[verified["sha256"] == current]
-        if not holders.empty:
-            return by_name[sorted(holders["node"])[0]]
-    counts = verified.groupby("node").size()
-    if counts.empty:
-        return None
-    return by_name[counts.sort_values(ascending=False, kind="stable").index[0]]
+    if current is not None and (holders := catalog.replicas_of([current], nodes=by_name)):
+        return by_name[holders[0].node]
+    counts = {n: c for n, c in catalog.verified_copies_per_node().items() if n in by_name}
+    return by_name[min(counts, key=lambda n: (-counts[n], n))] if counts else None
 
 
 def merge_canonical(
@@ -99,12 +90,11 @@ def merge_canonical(
         current = catalog.alias(CANONICAL_KIND, config)
         down = unavailable_nodes(catalog)
         primary = choose_primary(
-            fleet, catalog, lambda up: _holder_or_busiest(up, current, catalog.replicas_frame())
+            fleet, catalog, lambda up: _holder_or_busiest(up, current, catalog)
         )
         result.primary = primary.name
         target = canonical_path(config)
-        known = catalog.artifacts_frame([CANONICAL_KIND])
-        known = set(known.loc[known["config"] == config, "sha256"])
+        known = set(catalog.artifacts_of(CANONICAL_KIND, config=config))
         versions = {  # before anything may be written over them
             node.name: _adopt_if_foreign(node, config, known, catalog, transports, result)
             for node in fleet.durable_nodes
@@ -119,7 +109,8 @@ def merge_canonical(
             base = _version_on(primary, target, catalog, transports)
         result.base_sha256 = base
         holds = catalog.canonical_contents(base) if base else set()
-        todo = _snapshots_for(config, fleet, catalog) - holds
+        durable = node_names(fleet.durable_nodes)
+        todo = catalog.snapshots_to_merge(config, durable) - holds
         merged: dict[str, dict[str, Any]] = {}
         failure: TransferError | None = None
         if todo:
@@ -152,7 +143,7 @@ def merge_canonical(
             result.sha256, result.size = sha, found.size
             result.moved.add(confirm_holders([sha], fleet, catalog, transports))
             result.moved.add(replicate([sha], fleet, catalog, transports, lambda _art: target))
-            result.durable_copies = _durable_holders(catalog, sha, fleet)
+            result.durable_copies = catalog.durable_copy_counts(durable, shas=[sha]).get(sha, 0)
         if failure is not None:
             raise failure
     return result
@@ -194,11 +185,6 @@ def _adopt_if_foreign(
     return sha
 
 
-def _snapshots_for(config: str, fleet: Fleet, catalog: Catalog) -> set[str]:
-    """Snapshots holding games of `config`, collected on a durable node, not quarantined."""
-    return catalog.snapshots_to_merge(config, node_names(fleet.durable_nodes))
-
-
 def _count_uncounted(
     fleet: Fleet, catalog: Catalog, transports: Transports, moved: ReplicationResult
 ) -> None:
@@ -207,18 +193,14 @@ def _count_uncounted(
     uncounted = catalog.uncounted_snapshots(SNAPSHOT_KIND) - set(catalog.quarantined())
     if not uncounted:
         return
-    replicas = catalog.replicas_frame([SNAPSHOT_KIND])
-    durable = {n.name for n in fleet.durable_nodes}
-    held = replicas[
-        replicas["sha256"].isin(uncounted)
-        & (replicas["state"] == "verified")
-        & replicas["node"].isin(durable)
-    ]
-    for sha, copies in held.groupby("sha256"):
+    copies: dict[str, list[Replica]] = {}
+    for copy in catalog.replicas_of(uncounted, nodes=node_names(fleet.durable_nodes)):
+        copies.setdefault(copy.sha256, []).append(copy)
+    for sha in sorted(copies):
         errors = []
-        for node_name, path in copies[["node", "path"]].itertuples(index=False):
+        for _, node_name, path, _ in copies[sha]:
             try:  # one copy's trouble is not the snapshot's: the next copy is tried
-                record_census(fleet.node(str(node_name)), str(path), str(sha), catalog, transports)
+                record_census(fleet.node(node_name), path, sha, catalog, transports)
             except NotAGameDb:
                 break  # its verified bytes: quarantined, never merged, its copies kept
             except TransferError as exc:
@@ -226,7 +208,7 @@ def _count_uncounted(
                 continue
             break
         else:
-            moved.failures.append(f"counting the games of {str(sha)[:16]}: {'; '.join(errors)}")
+            moved.failures.append(f"counting the games of {sha[:16]}: {'; '.join(errors)}")
 
 
 def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports) -> str | None:
@@ -235,14 +217,11 @@ def _version_on(node: Node, path: str, catalog: Catalog, transports: Transports)
     was verified; otherwise the file is hashed on the node and stale records dropped."""
     transport = transports.for_node(node)
     found = transport.stat(node, path)
-    recorded = [
-        (sha, size, verified_at)
-        for sha, _, size, verified_at in catalog.replicas_on_node(node.name, ["verified"], [path])
-    ]
+    recorded = catalog.replicas_on_node(node.name, [ReplicaState.VERIFIED], [path])
     if found is None:
-        catalog.drop_replicas(node.name, [(sha, path) for sha, _, _ in recorded])
+        catalog.drop_replicas(node.name, [(sha, path) for sha, *_ in recorded])
         return None
-    for sha, size, verified_at in recorded:
+    for sha, _, size, verified_at in recorded:
         if size == found.size and found.mtime_ns <= (verified_at + SUSPECT_SLACK_S) * 1e9:
             return str(sha)
     return transport.sha256(node, path)
@@ -294,11 +273,6 @@ def _merge_on(
     result.snapshots_merged = len(merged)
     result.totals = stats["totals"]
     return merged, failure
-
-
-def _durable_holders(catalog: Catalog, sha256: str, fleet: Fleet) -> int:
-    durable = node_names(fleet.durable_nodes)
-    return catalog.durable_copy_counts(durable, shas=[sha256]).get(sha256, 0)
 
 
 def _check_integrity(node: Node, path: str, transports: Transports) -> list[str]:

@@ -172,10 +172,9 @@ def collect_node_games(
         transports,
     )  # fmt: skip
     result.replication.add(settled.replication)
-    artifacts = catalog.artifacts_frame([SNAPSHOT_KIND])
-    names = dict(zip(artifacts["sha256"], artifacts["name"], strict=True))
+    names = catalog.artifacts_of(shas=[*settled.durable_copies, *settled.under_replicated])
     result.durable_copies = {
-        f"{names[sha]}@{sha[:12]}": n for sha, n in settled.durable_copies.items()
+        f"{names[sha].name}@{sha[:12]}": n for sha, n in settled.durable_copies.items()
     }
-    result.under_replicated = [names[sha] for sha in settled.under_replicated]
+    result.under_replicated = [names[sha].name for sha in settled.under_replicated]
     return result

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, ReplicaState
 from resources.transport import Transports
 from resources.transport.base import NodeUnreachable, TransferError, Transport
 from resources.transport.paths import safe_relpath
 from sync_assets.elo.standings import standings_for
-from sync_assets.engine.replication import ReplicationResult, distribute
+from sync_assets.engine.replication import ReplicationResult, distribute, node_names
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.kinds import MODEL
 from sync_assets.models.promotion import (
@@ -104,11 +104,8 @@ def hash_on_node(transport: Transport, node: Node, path: str) -> tuple[int, str]
 def _drop_rows_not_matching(catalog: Catalog, node: str, path: str, sha256: str | None) -> int:
     """Forget every replica recorded at `path` on `node` other than `sha256` (None: none
     is there): the file was just hashed, so those rows are wrong."""
-    replicas = catalog.replicas_frame()
-    wrong = replicas[
-        (replicas["node"] == node) & (replicas["path"] == path) & (replicas["sha256"] != sha256)
-    ]
-    return catalog.drop_replicas(node, [(sha, path) for sha in wrong["sha256"]])
+    recorded = catalog.replicas_on_node(node, list(ReplicaState), [path])
+    return catalog.drop_replicas(node, [(sha, path) for sha, *_ in recorded if sha != sha256])
 
 
 @dataclass
@@ -133,24 +130,14 @@ def place_promoted(
     """`canonical_{config}.pth` = these bytes on every target, then the symlink switch."""
     path = canonical_model_path(config)
     placement = Placement()
-    replicas = catalog.replicas_frame([MODEL_KIND])
-    mine = replicas[(replicas["sha256"] == sha256) & (replicas["state"] == "verified")]
-    if {n.name for n in targets} - set(mine.loc[mine["path"] == path, "node"]):
+    if node_names(targets) - _verified_at(catalog, sha256, path):
         placement.changed_sources = drop_changed_candidate_copies(
             sha256, config, fleet, catalog, transports
         )
     placement.moved = distribute(
         sha256, path, [n.name for n in targets], fleet, catalog, transports
     )
-    replicas = catalog.replicas_frame([MODEL_KIND])
-    here = set(
-        replicas.loc[
-            (replicas["sha256"] == sha256)
-            & (replicas["path"] == path)
-            & (replicas["state"] == "verified"),
-            "node",
-        ]
-    )
+    here = _verified_at(catalog, sha256, path)
     for node in targets:
         if node.name not in here:
             continue
@@ -161,6 +148,10 @@ def place_promoted(
     return placement
 
 
+def _verified_at(catalog: Catalog, sha256: str, path: str) -> set[str]:
+    return {r.node for r in catalog.replicas_of([sha256]) if r.path == path}
+
+
 def drop_changed_candidate_copies(
     sha256: str, config: str, fleet: Fleet, catalog: Catalog, transports: Transports
 ) -> list[str]:
@@ -169,14 +160,10 @@ def drop_changed_candidate_copies(
     overwritten since — and drop the rows whose bytes changed, before anything copies
     from them. A node that cannot be reached proves nothing: its row stays. Returns one
     line per dropped row."""
-    replicas = catalog.replicas_frame([MODEL_KIND])
-    others = replicas[
-        (replicas["sha256"] == sha256) & (replicas["path"] != canonical_model_path(config))
-    ]
+    others = catalog.replicas_of([sha256], list(ReplicaState), node_names(fleet.nodes))
     dropped: list[str] = []
-    names = {n.name for n in fleet.nodes}
-    for name, path in zip(others["node"], others["path"], strict=True):
-        if name not in names:
+    for _, name, path, _ in others:
+        if path == canonical_model_path(config):
             continue
         node = fleet.node(name)
         try:

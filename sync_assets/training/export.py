@@ -114,16 +114,13 @@ def _place(
     sha: str,
 ) -> tuple[Node, str, ReplicationResult]:
     """(node, canonical DB path there, bytes moved to put it there)."""
-    replicas = catalog.replicas_frame([CANONICAL_KIND])
-    verified = replicas[(replicas["sha256"] == sha) & (replicas["state"] == "verified")]
     if exporter.node is not None:
         try:
             node = fleet.node(exporter.node)
         except KeyError as exc:
             raise ExportFailed(f"exporter node {exporter.node!r} is not in the fleet") from exc
-        here = verified[verified["node"] == node.name]
-        if not here.empty:
-            return node, str(here["path"].iloc[0]), ReplicationResult()
+        if here := catalog.replicas_of([sha], nodes=[node.name]):
+            return node, here[0].path, ReplicationResult()
         path = canonical_path(config)
         moved = distribute(sha, path, [node.name], fleet, catalog, transports)
         if moved.failures or moved.copies == 0:
@@ -132,16 +129,14 @@ def _place(
                 f"{node.name}: {'; '.join(moved.failures) or 'no reachable copy'}"
             )
         return node, path, moved
-    down = unavailable_nodes(catalog)
-    durable = {n.name for n in fleet.durable_nodes} - down
-    holders = verified[verified["node"].isin(durable)].sort_values(["node", "path"])
-    if holders.empty:
+    durable = {n.name for n in fleet.durable_nodes} - unavailable_nodes(catalog)
+    holders = catalog.replicas_of([sha], nodes=durable)
+    if not holders:
         raise ExportFailed(
             f"config {config}: no reachable durable node holds a verified copy of "
             f"canonical DB {sha[:12]}"
         )
-    first = holders.iloc[0]
-    return fleet.node(str(first["node"])), str(first["path"]), ReplicationResult()
+    return fleet.node(holders[0].node), holders[0].path, ReplicationResult()
 
 
 def _run_reference(

@@ -176,7 +176,7 @@ def place_on_node(node: Node, fleet: Fleet, catalog: Catalog, transports: Transp
         if sha is None:
             continue
         path = node_shard_path(config)
-        size = int(catalog.artifacts_frame([NPZ_KIND]).set_index("sha256").at[sha, "size"])
+        size = catalog.artifacts_of(shas=[sha])[sha].size
         if _recorded(catalog, sha, node.name, path):
             found = transport.stat(node, path)
             if found is None or found.size != size:
@@ -194,12 +194,4 @@ def place_on_node(node: Node, fleet: Fleet, catalog: Catalog, transports: Transp
 
 
 def _recorded(catalog: Catalog, sha256: str, node: str, path: str) -> bool:
-    replicas = catalog.replicas_frame([NPZ_KIND])
-    return bool(
-        (
-            (replicas["sha256"] == sha256)
-            & (replicas["node"] == node)
-            & (replicas["path"] == path)
-            & (replicas["state"] == "verified")
-        ).any()
-    )
+    return any(r.path == path for r in catalog.replicas_of([sha256], nodes=[node]))
