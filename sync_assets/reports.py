@@ -39,7 +39,7 @@ from pydantic import (
     field_validator,
 )
 
-from resources.transport.paths import UnsafePathError, is_ignored, safe_relpath
+from resources.transport.paths import is_ignored, safe_relpath
 from sync_assets.fleet.configs import ConfigKeyError, normalize_config
 from sync_assets.fleet.inventory import Fleet, InventoryError, load_inventory
 from sync_assets.models.promotion import candidate_path_problem
@@ -94,10 +94,7 @@ class ReportRequest(BaseModel):
     @field_validator("config")
     @classmethod
     def _config(cls, value: str, info: ValidationInfo) -> str:
-        try:
-            config = normalize_config(value)
-        except ConfigKeyError as exc:
-            raise ValueError(str(exc)) from None
+        config = normalize_config(value)  # a ConfigKeyError is a ValueError: pydantic reports it
         fleet = _fleet_of(info)
         if fleet is not None and config not in fleet.configs:
             shown = config if config == value else f"{value!r} ({config})"
@@ -122,10 +119,7 @@ class ReportRequest(BaseModel):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str, info: ValidationInfo) -> str:
-        try:
-            rel = safe_relpath(value)
-        except UnsafePathError as exc:
-            raise ValueError(str(exc)) from None
+        rel = safe_relpath(value)  # an UnsafePathError is a ValueError: pydantic reports it
         if is_ignored(rel):
             raise ValueError(f"{rel!r} is a temporary or partial file name, not an artifact")
         kind: Kind | None = info.data.get("kind")

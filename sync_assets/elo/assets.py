@@ -16,6 +16,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets import metadata as meta
 from sync_assets.elo.collect import (
     ELO_DB,
     EloDbUnreadable,
@@ -32,22 +33,13 @@ from sync_assets.elo.publish import (
 )
 from sync_assets.elo.ratings import DEFAULT_ANCHORS
 from sync_assets.fleet.inventory import load_fleet
-from sync_assets.metadata import (
-    durable_copies_check,
-    every_partition,
-    fleet_asset,
-    partition_node,
-    raise_on_failures,
-    table,
-    transfer_metadata,
-)
 
 MATCHES = dg.AssetKey(["elo", "matches"])
 RATINGS = dg.AssetKey(["elo", "ratings"])
 ON_NODE = dg.AssetKey(["elo", "on_node"])
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=MATCHES,
     per="node",
     group="elo",
@@ -70,13 +62,13 @@ def elo_matches(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     try:
         collected = collect_node_matches(node, fleet, catalog, transports)
     except EloDbUnreadable as exc:
         # A corrupt or foreign file stays so on retry: fail once, clearly.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    raise_on_failures(collected.replication, f"node {node.name}: collecting Elo matches")
+    meta.raise_on_failures(collected.replication, f"node {node.name}: collecting Elo matches")
     union = collected.union
     moved = collected.replication
     moved.add(union.moved)
@@ -100,10 +92,10 @@ def elo_matches(
             "fleet_matches": union.rows,
             "staging_errors": dg.MetadataValue.json(union.staging_errors),
             **_union_metadata(union),
-            **transfer_metadata(moved),
+            **meta.transfer_metadata(moved),
         },
         check_results=[
-            durable_copies_check(
+            meta.durable_copies_check(
                 not collected.under_replicated,
                 fleet.policy.min_replicas.elo,
                 copies=dg.MetadataValue.json(collected.durable_copies),
@@ -183,10 +175,10 @@ def _anchored_check(published: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=RATINGS,
     per="config",
-    deps=[every_partition(MATCHES)],
+    deps=[meta.every_partition(MATCHES)],
     group="elo",
     kind="sqlite",
     description=f"Ratings of the config recomputed from all its raw matches (never merged), "
@@ -221,7 +213,7 @@ def elo_ratings(
             metadata={"staging_errors": dg.MetadataValue.json(exc.errors)},
             allow_retries=False,
         ) from exc
-    raise_on_failures(result.moved, f"config {config}: publishing {RATINGS_DB}")
+    meta.raise_on_failures(result.moved, f"config {config}: publishing {RATINGS_DB}")
     selection = result.selection
     assert selection is not None
     published = result.published
@@ -237,7 +229,7 @@ def elo_ratings(
     wanted = fleet.policy.min_replicas.elo
     return dg.MaterializeResult(
         metadata={
-            "ratings": table(view.round({"rating": 1, "uncertainty": 1})),
+            "ratings": meta.table(view.round({"rating": 1, "uncertainty": 1})),
             "participants": len(published),
             "unanchored_participants": int((published["anchored"] == 0).sum()),
             "matches_used": len(selection.matches),
@@ -251,7 +243,7 @@ def elo_ratings(
             "durable_copies": dg.MetadataValue.json(result.verified),
             "conflicting_matches": result.conflicts,
             **_union_metadata(result.union),
-            **transfer_metadata(result.moved),
+            **meta.transfer_metadata(result.moved),
         },
         check_results=[
             _anchors_check(published),
@@ -266,7 +258,7 @@ def elo_ratings(
                     "rated_participants_of_other_configs": dg.MetadataValue.json(foreign),
                 },
             ),
-            durable_copies_check(
+            meta.durable_copies_check(
                 result.sha256 is None
                 or (sum(read_only.values()) >= wanted and all(read_only.values())),
                 wanted,
@@ -278,10 +270,10 @@ def elo_ratings(
     )
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=ON_NODE,
     per="node",
-    deps=[every_partition(RATINGS)],
+    deps=[meta.every_partition(RATINGS)],
     group="elo",
     kind="sqlite",
     pool="transfers",
@@ -295,9 +287,9 @@ def elo_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     result = publish_on_node(node, fleet, catalog, transports)
-    raise_on_failures(result.moved, f"node {node.name}: publishing {RATINGS_DB}")
+    meta.raise_on_failures(result.moved, f"node {node.name}: publishing {RATINGS_DB}")
     verified = result.verified
     expected = result.eval_node and result.sha256 is not None
     ok = not expected or (
@@ -309,7 +301,7 @@ def elo_on_node(
             "ratings_sha256": result.sha256 or "none",
             "mode": verified.get("mode", "n/a"),
             "rows": verified.get("rows", 0),
-            **transfer_metadata(result.moved),
+            **meta.transfer_metadata(result.moved),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -5,14 +5,14 @@ import dagster as dg
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets import metadata as meta
 from sync_assets.engine.probe import probe_and_record
-from sync_assets.metadata import fleet_asset, partition_node
 
 GIB = 1024**3
 NODE_STATUS = dg.AssetKey(["fleet", "node_status"])
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=NODE_STATUS,
     per="node",
     group="fleet",
@@ -26,7 +26,7 @@ def node_status(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     catalog.sync_nodes(fleet.nodes)
     probe = probe_and_record(node, catalog, transports)
     metadata: dict[str, dg.RawMetadataValue] = {

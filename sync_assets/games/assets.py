@@ -6,24 +6,16 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets import metadata as meta
 from sync_assets.fleet.inventory import load_fleet
 from sync_assets.games.canonical import merge_canonical
 from sync_assets.games.collect import collect_node_games
-from sync_assets.metadata import (
-    durable_copies_check,
-    every_partition,
-    fleet_asset,
-    partition_node,
-    raise_on_failures,
-    table,
-    transfer_metadata,
-)
 
 SELFPLAY = dg.AssetKey(["games", "selfplay"])
 CANONICAL = dg.AssetKey(["games", "canonical"])
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=SELFPLAY,
     per="node",
     group="games",
@@ -39,9 +31,9 @@ def games_selfplay(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     collected = collect_node_games(node, fleet, catalog, transports)
-    raise_on_failures(collected.replication, f"node {node.name}: collecting games")
+    meta.raise_on_failures(collected.replication, f"node {node.name}: collecting games")
     copies = pd.DataFrame(
         sorted(collected.durable_copies.items()), columns=["snapshot", "durable_copies"]
     )
@@ -54,11 +46,11 @@ def games_selfplay(
             "unsafe_names_rejected": dg.MetadataValue.json(collected.rejected_names),
             # Games whose own config differs from their file's name (routed by their own).
             "misrouted_games": dg.MetadataValue.json(collected.misrouted),
-            "replicas": table(copies),
-            **transfer_metadata(collected.replication),
+            "replicas": meta.table(copies),
+            **meta.transfer_metadata(collected.replication),
         },
         check_results=[
-            durable_copies_check(
+            meta.durable_copies_check(
                 not collected.under_replicated,
                 fleet.policy.min_replicas.games,
                 under_replicated=dg.MetadataValue.json(collected.under_replicated),
@@ -72,10 +64,10 @@ def games_selfplay(
     )
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=CANONICAL,
     per="config",
-    deps=[every_partition(SELFPLAY)],
+    deps=[meta.every_partition(SELFPLAY)],
     group="games",
     kind="sqlite",
     pool="canonical_merge",
@@ -94,7 +86,7 @@ def games_canonical(
     config = context.partition_key
     merged = merge_canonical(config, fleet, catalog, transports)
     moved = merged.moved
-    raise_on_failures(moved, f"config {config}: replicating canonical DB")
+    meta.raise_on_failures(moved, f"config {config}: replicating canonical DB")
     totals = merged.totals
     wanted = fleet.policy.min_replicas.games
     return dg.MaterializeResult(
@@ -110,10 +102,10 @@ def games_canonical(
             "canonical_sha256": merged.sha256 or "none",
             "canonical_bytes": merged.size,
             "durable_copies": merged.durable_copies,
-            **transfer_metadata(moved),
+            **meta.transfer_metadata(moved),
         },
         check_results=[
-            durable_copies_check(
+            meta.durable_copies_check(
                 merged.sha256 is None or merged.durable_copies >= wanted,
                 wanted,
                 have=merged.durable_copies,

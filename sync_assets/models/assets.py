@@ -8,15 +8,8 @@ import pandas as pd
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sync_assets import metadata as meta
 from sync_assets.fleet.inventory import Fleet, load_fleet
-from sync_assets.metadata import (
-    every_partition,
-    fleet_asset,
-    partition_node,
-    raise_on_failures,
-    table,
-    transfer_metadata,
-)
 from sync_assets.models.publish import PROMOTED_ALIAS, place_promoted, promote
 from sync_assets.partitions import configs_partitions
 from sync_assets.reports import Candidate, Rejected, candidate_from_event
@@ -66,7 +59,7 @@ def _latest_candidate(
     return newest_rejection
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=PROMOTED,
     per="config",
     deps=[CANDIDATE, dg.AssetKey(["elo", "ratings"])],
@@ -90,7 +83,7 @@ def models_promoted(
     result = promote(config, candidate, fleet, catalog, transports)
     decision, holders = result.decision, result.holders
     step = "placing" if decision.promote else "keeping"
-    raise_on_failures(result.moved, f"config {config}: {step} the promoted model")
+    meta.raise_on_failures(result.moved, f"config {config}: {step} the promoted model")
     if decision.promote and not holders:
         raise dg.Failure(f"config {config}: the promoted model reached no durable node")
     metadata: dict[str, dg.RawMetadataValue] = {
@@ -107,7 +100,7 @@ def models_promoted(
     if result.changed_sources:
         metadata["changed_sources"] = dg.MetadataValue.json(result.changed_sources)
     if holders is not None:
-        metadata |= transfer_metadata(result.moved)
+        metadata |= meta.transfer_metadata(result.moved)
     wanted = fleet.policy.min_replicas.models
     return dg.MaterializeResult(
         metadata=metadata,
@@ -127,10 +120,10 @@ def models_promoted(
     )
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=ON_NODE,
     per="node",
-    deps=[every_partition(PROMOTED)],
+    deps=[meta.every_partition(PROMOTED)],
     group="models",
     kind="pytorch",
     pool="transfers",
@@ -144,7 +137,7 @@ def models_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     rows = []
     changed: list[str] = []  # candidate copies found overwritten, dropped as sources
     if node.name in {n.name for n in fleet.gpu_nodes}:
@@ -154,7 +147,7 @@ def models_on_node(
                 continue
             placement = place_promoted(config, sha, [node], fleet, catalog, transports)
             changed += placement.changed_sources
-            raise_on_failures(placement.moved, f"node {node.name}: promoted model {config}")
+            meta.raise_on_failures(placement.moved, f"node {node.name}: promoted model {config}")
             rows.append(
                 {"config": config, "sha256": sha[:16], "verified": node.name in placement.holders}
             )
@@ -162,7 +155,7 @@ def models_on_node(
     return dg.MaterializeResult(
         metadata={
             "gpu_node": node.name in {n.name for n in fleet.gpu_nodes},
-            "models": table(frame),
+            "models": meta.table(frame),
             "changed_sources": dg.MetadataValue.json(changed),
         },
         check_results=[

@@ -7,16 +7,8 @@ from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import TransferError
+from sync_assets import metadata as meta
 from sync_assets.fleet.inventory import load_fleet
-from sync_assets.metadata import (
-    durable_copies_check,
-    every_partition,
-    fleet_asset,
-    partition_node,
-    raise_on_failures,
-    table,
-    transfer_metadata,
-)
 from sync_assets.training.shards import export_npz, place_on_node
 
 NPZ = dg.AssetKey(["training", "npz"])
@@ -24,7 +16,7 @@ NPZ_ON_NODE = dg.AssetKey(["training", "npz_on_node"])
 CANONICAL = dg.AssetKey(["games", "canonical"])
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=NPZ,
     per="config",
     deps=[CANONICAL],  # same config partition (identity mapping)
@@ -51,7 +43,7 @@ def training_npz(
         done = export_npz(config, fleet, catalog, transports, exporter)
     except TransferError as exc:  # the exporter failed or a node could not be reached
         raise dg.Failure(description=f"config {config}: {exc}") from exc
-    raise_on_failures(done.moved, f"config {config}: replicating the shard")
+    meta.raise_on_failures(done.moved, f"config {config}: replicating the shard")
     exported = done.exported
     check = exported.check if exported is not None else {}
     wanted = fleet.policy.min_replicas.npz
@@ -60,7 +52,7 @@ def training_npz(
         "skipped": done.skipped or "no",
         "sha256": done.current or "none",
         "durable_copies": done.durable_copies,
-        **transfer_metadata(done.moved),
+        **meta.transfer_metadata(done.moved),
     }
     if exported is not None:
         seconds = exported.seconds
@@ -88,7 +80,7 @@ def training_npz(
                     "quarantined": done.quarantined or "no",
                 },
             ),
-            durable_copies_check(
+            meta.durable_copies_check(
                 done.current is None or done.durable_copies >= wanted,
                 wanted,
                 have=done.durable_copies,
@@ -97,10 +89,10 @@ def training_npz(
     )
 
 
-@fleet_asset(
+@meta.fleet_asset(
     key=NPZ_ON_NODE,
     per="node",
-    deps=[every_partition(NPZ)],
+    deps=[meta.every_partition(NPZ)],
     group="training",
     kind="numpy",
     pool="transfers",
@@ -115,15 +107,15 @@ def training_npz_on_node(
     catalog: Catalog,
     transports: Transports,
 ) -> dg.MaterializeResult:
-    fleet, node = partition_node(context, inventory)
+    fleet, node = meta.partition_node(context, inventory)
     placed = place_on_node(node, fleet, catalog, transports)
-    raise_on_failures(placed.moved, f"node {node.name}: placing shards")
+    meta.raise_on_failures(placed.moved, f"node {node.name}: placing shards")
     return dg.MaterializeResult(
         metadata={
             "training_node": placed.training_node,
             "note": "shards placed" if placed.training_node else "not a training node: no-op",
-            "shards": table(placed.shards),
-            **transfer_metadata(placed.moved),
+            "shards": meta.table(placed.shards),
+            **meta.transfer_metadata(placed.moved),
         },
         check_results=[
             dg.AssetCheckResult(
