@@ -140,7 +140,8 @@ def models_on_node(
     fleet, node = meta.partition_node(context, inventory)
     rows = []
     changed: list[str] = []  # candidate copies found overwritten, dropped as sources
-    if node.name in {n.name for n in fleet.gpu_nodes}:
+    gpu_node = node.name in {n.name for n in fleet.gpu_nodes}
+    if gpu_node:
         for config in fleet.configs:
             sha = catalog.alias(PROMOTED_ALIAS, config)
             if sha is None:
@@ -154,7 +155,7 @@ def models_on_node(
     frame = pd.DataFrame(rows, columns=["config", "sha256", "verified"])
     return dg.MaterializeResult(
         metadata={
-            "gpu_node": node.name in {n.name for n in fleet.gpu_nodes},
+            "gpu_node": gpu_node,
             "models": meta.table(frame),
             "changed_sources": dg.MetadataValue.json(changed),
         },
