@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dagster as dg
-
 from sync_assets.fleet.inventory import Fleet
 
 
@@ -20,32 +18,18 @@ from sync_assets.fleet.inventory import Fleet
 class ArtifactKind:
     name: str
     policy_field: str
-    asset_path: str  # the asset that writes artifacts of this kind, as "a/b"
     alias: str = ""  # "": none
     replaced_in_place: bool = False
 
-    @property
-    def asset_key(self) -> dg.AssetKey:
-        return dg.AssetKey(self.asset_path.split("/"))
 
+GAMES_SNAPSHOT = ArtifactKind("games_snapshot", "games")
+GAMES_CANONICAL = ArtifactKind("games_canonical", "games", "games_canonical", True)
+NPZ = ArtifactKind("npz", "npz", alias="npz")
+MODEL = ArtifactKind("model", "models", alias="model_promoted")
+ELO_SNAPSHOT = ArtifactKind("elo_snapshot", "elo")
+ELO_RATINGS = ArtifactKind("elo_ratings", "elo", "elo_ratings", True)
 
-GAMES_SNAPSHOT = ArtifactKind("games_snapshot", "games", "games/selfplay")
-GAMES_CANONICAL = ArtifactKind(
-    "games_canonical", "games", "games/canonical", "games_canonical", True
-)
-NPZ = ArtifactKind("npz", "npz", "training/npz", alias="npz")
-MODEL = ArtifactKind("model", "models", "models/promoted", alias="model_promoted")
-ELO_SNAPSHOT = ArtifactKind("elo_snapshot", "elo", "elo/matches")
-ELO_RATINGS = ArtifactKind("elo_ratings", "elo", "elo/ratings", "elo_ratings", True)
-
-KINDS: tuple[ArtifactKind, ...] = (
-    GAMES_SNAPSHOT,
-    GAMES_CANONICAL,
-    NPZ,
-    MODEL,
-    ELO_SNAPSHOT,
-    ELO_RATINGS,
-)
+KINDS = (GAMES_SNAPSHOT, GAMES_CANONICAL, NPZ, MODEL, ELO_SNAPSHOT, ELO_RATINGS)
 
 REPLACED_IN_PLACE = frozenset(k.name for k in KINDS if k.replaced_in_place)
 

@@ -12,8 +12,6 @@ import pandas as pd
 
 from sync_assets.cli.status import FleetStatus
 
-GIB = 1024**3
-
 
 def _load_status() -> tuple[str, FleetStatus]:
     from resources.catalog import Catalog

@@ -81,19 +81,12 @@ def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
 
 def _games_per_config(catalog: Catalog) -> pd.DataFrame:
     """Merge outcomes summed per config, from the catalog's merge log."""
+    columns = ["config", "games", "duplicates", "collisions_kept", "rejected"]
     rows = []
     for config, stats_json in catalog.merge_log():
         stats = json.loads(stats_json)
-        rows.append(
-            {
-                "config": config,
-                "games": stats.get("added", 0),
-                "duplicates": stats.get("duplicates", 0),
-                "collisions_kept": stats.get("collisions_kept", 0),
-                "rejected": sum(stats.get("rejected", {}).values()),
-            }
-        )
-    columns = ["config", "games", "duplicates", "collisions_kept", "rejected"]
+        counts = [stats.get(k, 0) for k in ("added", "duplicates", "collisions_kept")]
+        rows.append((config, *counts, sum(stats.get("rejected", {}).values())))
     if not rows:
         return pd.DataFrame(columns=columns)
-    return pd.DataFrame(rows).groupby("config", as_index=False)[columns[1:]].sum()
+    return pd.DataFrame(rows, columns=columns).groupby("config", as_index=False)[columns[1:]].sum()

@@ -16,7 +16,7 @@ sentinel): a listing that came back short — a transport bug, a directory being
 rewritten while `find` walked it — must never cost the catalog a good replica.
 Nothing extra is run when the listing matches the catalog.
 
-Plain functions, no Dagster: assets, sensors and the CLI call `audit_node`.
+Plain functions, no Dagster.
 """
 
 from __future__ import annotations
@@ -108,14 +108,7 @@ def listing_root(lowest: str, highest: str) -> str:
     return common[: common.rfind("/")] if "/" in common else ""
 
 
-def audit_node(
-    node: Node,
-    catalog: Catalog,
-    transport: Transport,
-    *,
-    states: Sequence[str] = AUDITED_STATES,
-    drop: bool = True,
-) -> AuditResult:
+def audit_node(node: Node, catalog: Catalog, transport: Transport) -> AuditResult:
     """Compare one listing of `node` with the catalog's replicas on it; drop the wrong ones.
 
     Costs two catalog queries (the path span, then the rows, read while the node
@@ -125,15 +118,13 @@ def audit_node(
     confirmation that comes back incomplete, raises (TransferError) before the catalog
     is touched: a node we could not see is not a node that lost its files."""
     with _gc_paused():
-        return _audit(node, catalog, transport, states, drop)
+        return _audit(node, catalog, transport)
 
 
-def _audit(
-    node: Node, catalog: Catalog, transport: Transport, states: Sequence[str], drop: bool
-) -> AuditResult:
+def _audit(node: Node, catalog: Catalog, transport: Transport) -> AuditResult:
     started = time.monotonic()
     result = AuditResult(node=node.name)
-    span = catalog.replica_path_span(node.name, states)
+    span = catalog.replica_path_span(node.name, AUDITED_STATES)
     if span is None:
         result.seconds = time.monotonic() - started
         return result
@@ -141,7 +132,7 @@ def _audit(
     # The listing is mostly a wait on the node: read the catalog's side meanwhile.
     with ThreadPoolExecutor(1) as pool:
         listing_job = pool.submit(transport.list, node, result.listed_dir)
-        recorded = catalog.replicas_on_node(node.name, states)
+        recorded = catalog.replicas_on_node(node.name, AUDITED_STATES)
         listing = listing_job.result()
     result.files_listed = len(listing.files)
     found = {f.path: f for f in listing.files}
@@ -158,9 +149,8 @@ def _audit(
     result.untracked = len(found.keys() - {row[1] for row in recorded})
     if result.missing or result.changed:
         _confirm(node, transport, result)
-    if drop:
-        wrong = [*result.missing, *result.changed]
-        result.dropped = catalog.drop_replicas(node.name, [(r.sha256, r.path) for r in wrong])
+    wrong = [*result.missing, *result.changed]
+    result.dropped = catalog.drop_replicas(node.name, [(r.sha256, r.path) for r in wrong])
     result.seconds = time.monotonic() - started
     return result
 
@@ -171,7 +161,6 @@ def audit_nodes(
     transport_for: Callable[[Node], Transport],
     *,
     max_workers: int = 8,
-    drop: bool = True,
 ) -> dict[str, AuditResult | TransferError]:
     """Audit several nodes at once: a listing is mostly waiting on the node (and its
     login shell), so the waits overlap. One result per node name; a node that could not
@@ -179,7 +168,7 @@ def audit_nodes(
 
     def one(node: Node) -> AuditResult | TransferError:
         try:
-            return audit_node(node, catalog, transport_for(node), drop=drop)
+            return audit_node(node, catalog, transport_for(node))
         except TransferError as exc:
             return exc
 

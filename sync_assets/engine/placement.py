@@ -7,6 +7,7 @@ not to do is returned with a reason, so the UI can show *why* (LESSONS 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -83,14 +84,14 @@ def plan_replication(
         deficits.append((priority, -int(art.size), art, copies, have_nodes, have, want))
     deficits.sort(key=lambda d: (d[0], d[1], d[2].sha256))
 
-    plan_rows: list[dict[str, object]] = []
-    blocked_rows: list[dict[str, object]] = []
+    plan_rows: list[tuple[object, ...]] = []
+    blocked_rows: list[tuple[object, ...]] = []
     for priority, _, art, copies, have_nodes, have, want in deficits:
         missing = want - have
         sources = sorted(n for n in copies if n in active.index and n not in unavailable)
         if not sources:
             reason = "no reachable copy to copy from" if copies else "no copy anywhere"
-            blocked_rows.append(_blocked(art, reason))
+            blocked_rows.append((*_about(art), reason))
             continue
         candidates = [n for n in durable_targets if n not in have_nodes]
         # Unknown free space is not room: a node never probed takes nothing until it is.
@@ -106,29 +107,17 @@ def plan_replication(
                 )
             if unprobed:
                 why += f"; disk never probed: {', '.join(unprobed)}"
-            blocked_rows.append(_blocked(art, why))
+            blocked_rows.append((*_about(art), why))
         fitting.sort(key=lambda n: (-(free[n] or 0), n))  # most free space first
         for target in fitting[:missing]:
             # Fan out: the source with the fewest transfers planned so far; durable first.
-            source = min(
-                sources,
-                key=lambda n: (planned_out.get(n, 0), n in ephemeral, n),
-            )
+            source = min(sources, key=lambda n: (planned_out.get(n, 0), n in ephemeral, n))
             planned_out[source] = planned_out.get(source, 0) + 1
             room = free[target]
             if room is not None:
                 free[target] = room - int(art.size)
-            plan_rows.append(
-                {
-                    "sha256": art.sha256,
-                    "kind": art.kind,
-                    "size": int(art.size),
-                    "source": source,
-                    "target": target,
-                    "priority": priority,
-                    "reason": f"{have} of {want} durable copies",
-                }
-            )
+            reason = f"{have} of {want} durable copies"
+            plan_rows.append((*_about(art), source, target, priority, reason))
     return Plan(
         transfers=pd.DataFrame(plan_rows, columns=PLAN_COLUMNS),
         blocked=pd.DataFrame(blocked_rows, columns=BLOCKED_COLUMNS),
@@ -144,13 +133,9 @@ def _nodes_by_sha(replicas: pd.DataFrame) -> dict[str, set[str]]:
     return out
 
 
-def _blocked(art: object, reason: str) -> dict[str, object]:
-    return {
-        "sha256": art.sha256,  # type: ignore[attr-defined]
-        "kind": art.kind,  # type: ignore[attr-defined]
-        "size": int(art.size),  # type: ignore[attr-defined]
-        "reason": reason,
-    }
+def _about(art: Any) -> tuple[str, str, int]:
+    """The sha256, kind, size columns every plan and blocked row starts with."""
+    return art.sha256, art.kind, int(art.size)
 
 
 def _free_bytes_within_floor(node: pd.Series, floor: DiskFloor) -> int | None:

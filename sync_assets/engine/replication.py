@@ -47,11 +47,6 @@ class ReplicationResult:
     unconfirmed_nodes: set[str] = field(default_factory=set)
     blocked: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    def count(self, copied: CopyResult) -> None:
-        self.copies += 1
-        self.bytes_moved += copied.bytes_moved
-        self.seconds += copied.seconds
-
     def add(self, other: ReplicationResult) -> None:
         self.copies += other.copies
         self.bytes_moved += other.bytes_moved
@@ -64,7 +59,9 @@ class ReplicationResult:
     def note(self, outcome: CopyResult | TransferError) -> None:
         """Count a copy, or file its error as a finding (source gone) or a failure."""
         if isinstance(outcome, CopyResult):
-            self.count(outcome)
+            self.copies += 1
+            self.bytes_moved += outcome.bytes_moved
+            self.seconds += outcome.seconds
         elif isinstance(outcome, SourceGone):
             self.findings.append(str(outcome))
         else:
