@@ -327,12 +327,9 @@ class Catalog(dg.ConfigurableResource):
                     "state": NodeState.ACTIVE,
                 }
                 _replace(conn, nodes, {"name": n.name}, values)
-            if known - names:
-                conn.execute(
-                    nodes.update()
-                    .where(nodes.c.name.in_(known - names))
-                    .values(state=NodeState.RETIRED)
-                )
+            if gone := known - names:
+                retire = nodes.update().where(nodes.c.name.in_(gone))
+                conn.execute(retire.values(state=NodeState.RETIRED))
 
     def record_probe(
         self,

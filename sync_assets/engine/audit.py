@@ -1,20 +1,18 @@
 """Audit a node against the catalog: one listing, no hashing, catalog corrected.
 
-A re-sync that finds nothing to do must cost about one directory walk, like
-`rsync --dry-run`, not a re-hash of every byte (LESSONS 2: `--checksum` over
-multi-GB files took the coordinator down). The catalog already holds each
-replica's verified SHA-256 and size, so one `transport.list` of the node is enough
-to find files that vanished or changed size since they were verified; those
-replicas are dropped from the catalog and the planner repairs them on its next
-pass. A file whose size is unchanged but that was modified after its
-verification is only reported as *suspect* (hashing it is the caller's choice):
-mtimes lie (clock skew, `touch`), sizes of a vanished file do not.
+A re-sync that finds nothing to do must cost about one directory walk, like `rsync --dry-run`,
+not a re-hash of every byte (LESSONS 2: `--checksum` over multi-GB files took the coordinator
+down). The catalog already holds each replica's verified SHA-256 and size, so one
+`transport.list` of the node is enough to find files that vanished or changed size since they
+were verified; those replicas are dropped from the catalog and the planner repairs them on its
+next pass. A file whose size is unchanged but that was modified after its verification is only
+reported as *suspect* (hashing it is the caller's choice): mtimes lie (clock skew, `touch`),
+sizes of a vanished file do not.
 
-Before a replica is dropped, the paths the listing says are gone or resized are
-looked at once more, directly (one command per 1,000 paths, output closed by a
-sentinel): a listing that came back short — a transport bug, a directory being
-rewritten while `find` walked it — must never cost the catalog a good replica.
-Nothing extra is run when the listing matches the catalog.
+Before a replica is dropped, the paths the listing says are gone or resized are looked at once
+more, directly (one command per 1,000 paths, output closed by a sentinel): a listing that came
+back short — a transport bug, a directory being rewritten while `find` walked it — must never
+cost the catalog a good replica. Nothing extra is run when the listing matches the catalog.
 
 Plain functions, no Dagster.
 """

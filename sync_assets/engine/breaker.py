@@ -9,7 +9,7 @@ timeouts retuned back and forth).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from resources.catalog import Catalog
@@ -74,12 +74,7 @@ def record(catalog: Catalog, node: str, error: str | None) -> BreakerState:
         new = after_failure(old, time.time()) if error else after_success(old)
         if row is not None and error is None and old == new:
             return None  # a success on a closed breaker: nothing to write
-        return {
-            "failures": new.failures,
-            "last_failure_at": new.last_failure_at,
-            "opened_at": new.opened_at,
-            "last_error": error,
-        }
+        return {**asdict(new), "last_error": error}
 
     catalog.update_breaker(node, step)
     return new

@@ -188,10 +188,8 @@ def _confirm_on_disk(
     those dropped. A node that cannot be looked at is a failure; its rows stay."""
     dropped: set[tuple[str, str, str]] = set()
     by_node: dict[str, list[AuditedReplica]] = {}
-    for row in rows:
-        by_node.setdefault(row.node, []).append(
-            AuditedReplica(row.sha256, row.path, row.size, None)
-        )
+    for c in rows:
+        by_node.setdefault(c.node, []).append(AuditedReplica(c.sha256, c.path, c.size, None))
     for holder, recorded in sorted(by_node.items()):
         node = fleet.node(holder)
         try:
