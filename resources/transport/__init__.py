@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from resources.transport.base import CopyItem, CopyResult, NodeAddress, TransferError, Transport
+from resources.transport.base import CopyItem, CopyResult, Node, TransferError, Transport
 from resources.transport.local import LocalTransport
 from resources.transport.programs import Program, run_program
 from resources.transport.ssh import SshTransport
@@ -23,7 +23,7 @@ class Transports(dg.ConfigurableResource):
     _local: LocalTransport = PrivateAttr(default_factory=LocalTransport)
     _ssh: SshTransport | None = PrivateAttr(default=None)
 
-    def for_node(self, node: NodeAddress) -> Transport:
+    def for_node(self, node: Node) -> Transport:
         if node.transport == "local":
             return self._local
         if self._ssh is None:
@@ -31,7 +31,7 @@ class Transports(dg.ConfigurableResource):
         return self._ssh
 
     def copy_many(
-        self, src: NodeAddress, dst: NodeAddress, items: list[CopyItem]
+        self, src: Node, dst: Node, items: list[CopyItem]
     ) -> list[CopyResult | TransferError]:
         """Copy a batch directly between nodes of the same transport."""
         if src.transport != dst.transport:
@@ -43,7 +43,7 @@ class Transports(dg.ConfigurableResource):
 
     def run_program(
         self,
-        node: NodeAddress,
+        node: Node,
         program: Program,
         args: list[str],
         payload: Any = None,

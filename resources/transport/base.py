@@ -17,8 +17,8 @@ CHUNK_BYTES = 1 << 20  # streams and hashes move bounded blocks, never a whole f
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-class NodeAddress(Protocol):
-    """What the transports read of a node: who it is, how it is reached, where its data
+class Node(Protocol):
+    """A node as the transports read it: who it is, how it is reached, where its data
     lives, its link limit. The fleet's `Node` model is one (read-only: nodes are frozen)."""
 
     @property
@@ -125,28 +125,28 @@ class Transport(abc.ABC):
     """Operations on nodes; every path argument is relative to the node's data root."""
 
     @abc.abstractmethod
-    def list(self, node: NodeAddress, subdir: str) -> Listing:
+    def list(self, node: Node, subdir: str) -> Listing:
         """Files below `subdir` (recursive), temp/partial files left out, in one round trip."""
 
     @abc.abstractmethod
-    def stat(self, node: NodeAddress, path: str) -> RemoteFile | None:
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
         """The file, or None when absent."""
 
     @abc.abstractmethod
-    def sha256(self, node: NodeAddress, path: str) -> str:
+    def sha256(self, node: Node, path: str) -> str:
         """SHA-256 of the file, computed on the node itself."""
 
     @abc.abstractmethod
-    def snapshot_sqlite(self, node: NodeAddress, path: str, dest: str) -> RemoteFile:
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
         """Consistent snapshot of a (possibly live, WAL) SQLite DB to `dest` on the same node."""
 
     @abc.abstractmethod
     def copy_between(
-        self, src: NodeAddress, src_path: str, dst: NodeAddress, dst_path: str, sha256: str
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
     ) -> CopyResult:
         """Copy src_path on src to dst_path on dst: temp name, verify sha256 at dst, rename."""
 
-    def copy_many(self, src: NodeAddress, dst: NodeAddress, items: CopyBatch) -> CopyOutcomes:
+    def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
         """Copy a batch between two nodes; one result (or the file's error) per item.
 
         Transports that can move a batch in one stream override this; a node that
@@ -164,30 +164,30 @@ class Transport(abc.ABC):
         return results
 
     @abc.abstractmethod
-    def publish_symlink(self, node: NodeAddress, link_path: str, target_name: str) -> None:
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
         """Point `link_path` at `target_name` (a file in the same directory) atomically:
         readers see the old target or the new one, never a missing link."""
 
     @abc.abstractmethod
-    def make_dirs(self, node: NodeAddress, directory: str) -> None:
+    def make_dirs(self, node: Node, directory: str) -> None:
         """Create `directory` (and its parents) if it is missing."""
 
     @abc.abstractmethod
-    def rename(self, node: NodeAddress, src: str, dst: str) -> None:
+    def rename(self, node: Node, src: str, dst: str) -> None:
         """Rename `src` to `dst` atomically, creating dst's directory: a published or
         quarantined multi-GB file is never copied, only renamed."""
 
     @abc.abstractmethod
-    def remove(self, node: NodeAddress, path: str) -> None:
+    def remove(self, node: Node, path: str) -> None:
         """Remove one file (used for fleetsync's own staging files only)."""
 
     @abc.abstractmethod
-    def probe(self, node: NodeAddress) -> NodeProbe:
+    def probe(self, node: Node) -> NodeProbe:
         """Reachability, disk and GPU use of the node."""
 
     @abc.abstractmethod
     def exec(
-        self, node: NodeAddress, argv: Argv, stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv on the node with the data root as working directory."""
 
@@ -200,7 +200,7 @@ def expected_sha256(sha256: str, where: str) -> str:
     return expected
 
 
-def link_rate(src: NodeAddress, dst: NodeAddress) -> float | None:
+def link_rate(src: Node, dst: Node) -> float | None:
     """Bytes/s allowed between two nodes: the slower configured link, or unlimited."""
     limits = [n.bandwidth_mbps for n in (src, dst) if n.bandwidth_mbps is not None]
     return min(limits) * 1e6 / 8 if limits else None

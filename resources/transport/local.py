@@ -26,7 +26,7 @@ from resources.transport.base import (
     CopyResult,
     ExecResult,
     Listing,
-    NodeAddress,
+    Node,
     NodeProbe,
     RemoteFile,
     TransferError,
@@ -47,7 +47,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _where(node: NodeAddress, path: str, step: str) -> str:
+def _where(node: Node, path: str, step: str) -> str:
     """The `node:file: step` prefix every error message starts with."""
     return f"node {node.name!r}: {path!r}: {step}"
 
@@ -96,7 +96,7 @@ class LocalTransport(Transport):
     # ---- path resolution -------------------------------------------------------
 
     @staticmethod
-    def _root(node: NodeAddress, step: str) -> Path:
+    def _root(node: Node, step: str) -> Path:
         """The node's data root, fully resolved; a missing root is an unreachable node."""
         root = Path(os.path.realpath(node.data_root))
         if not root.is_dir():
@@ -105,9 +105,7 @@ class LocalTransport(Transport):
             )
         return root
 
-    def _resolve(
-        self, node: NodeAddress, path: str, step: str, *, follow: bool
-    ) -> tuple[str, Path]:
+    def _resolve(self, node: Node, path: str, step: str, *, follow: bool) -> tuple[str, Path]:
         """Validate `path` and map it under the data root; refuse anything that escapes.
 
         follow=True resolves the file itself (reads follow an in-root symlink);
@@ -126,7 +124,7 @@ class LocalTransport(Transport):
 
     # ---- reading ---------------------------------------------------------------
 
-    def list(self, node: NodeAddress, subdir: str) -> Listing:
+    def list(self, node: Node, subdir: str) -> Listing:
         """Recursive listing; unsafe names and symlinks leaving the root go to `rejected`."""
         root = self._root(node, "list")
         if subdir in ("", "."):
@@ -191,7 +189,7 @@ class LocalTransport(Transport):
             return None
         return RemoteFile(rel, st.st_size, st.st_mtime_ns)
 
-    def stat(self, node: NodeAddress, path: str) -> RemoteFile | None:
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
         """The file (symlinks inside the root followed), or None when absent."""
         rel, target = self._resolve(node, path, "stat", follow=True)
         try:
@@ -204,7 +202,7 @@ class LocalTransport(Transport):
             raise TransferError(f"{_where(node, rel, 'stat')}: not a regular file")
         return RemoteFile(rel, st.st_size, st.st_mtime_ns)
 
-    def sha256(self, node: NodeAddress, path: str) -> str:
+    def sha256(self, node: Node, path: str) -> str:
         """SHA-256 of the file, streamed."""
         rel, target = self._resolve(node, path, "sha256", follow=True)
         try:
@@ -214,7 +212,7 @@ class LocalTransport(Transport):
 
     # ---- writing ---------------------------------------------------------------
 
-    def snapshot_sqlite(self, node: NodeAddress, path: str, dest: str) -> RemoteFile:
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
         """Consistent single-file snapshot of a live (WAL) SQLite DB (`sqlite_snapshot.py`)."""
         rel, source = self._resolve(node, path, "snapshot", follow=True)
         dest_rel, final = self._resolve(node, dest, "snapshot", follow=False)
@@ -233,7 +231,7 @@ class LocalTransport(Transport):
         return RemoteFile(dest_rel, st.st_size, st.st_mtime_ns)
 
     def copy_between(
-        self, src: NodeAddress, src_path: str, dst: NodeAddress, dst_path: str, sha256: str
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
     ) -> CopyResult:
         """Verified, atomic, streaming copy; a no-op when dst already has these bytes."""
         expected = expected_sha256(sha256, f"node {src.name!r}: {src_path!r}")
@@ -275,7 +273,7 @@ class LocalTransport(Transport):
         return CopyResult(dst_rel, expected, moved, moved, time.monotonic() - started)
 
     @staticmethod
-    def _has_copy(node: NodeAddress, rel: str, final: Path, size: int, expected: str) -> bool:
+    def _has_copy(node: Node, rel: str, final: Path, size: int, expected: str) -> bool:
         """Cheap idempotency check: compare size first, hash only when sizes agree."""
         try:
             st = final.stat()
@@ -296,7 +294,7 @@ class LocalTransport(Transport):
             writer.write(block)
             throttle.account(len(block))
 
-    def publish_symlink(self, node: NodeAddress, link_path: str, target_name: str) -> None:
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
         rel, link = self._resolve(node, link_path, "symlink", follow=False)
         if "/" in target_name or safe_relpath(target_name) != target_name:
             raise UnsafePathError(f"{_where(node, rel, 'symlink')}: target must be a sibling name")
@@ -310,14 +308,14 @@ class LocalTransport(Transport):
             _discard(staging)
             raise TransferError(f"{_where(node, rel, 'symlink')}: {e}") from e
 
-    def make_dirs(self, node: NodeAddress, directory: str) -> None:
+    def make_dirs(self, node: Node, directory: str) -> None:
         rel, target = self._resolve(node, directory, "mkdir", follow=False)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TransferError(f"{_where(node, rel, 'mkdir')}: {e}") from e
 
-    def rename(self, node: NodeAddress, src: str, dst: str) -> None:
+    def rename(self, node: Node, src: str, dst: str) -> None:
         rel, source = self._resolve(node, src, "rename", follow=False)
         _, target = self._resolve(node, dst, "rename", follow=False)
         try:
@@ -326,7 +324,7 @@ class LocalTransport(Transport):
         except OSError as e:
             raise TransferError(f"{_where(node, rel, 'rename')} -> {dst!r}: {e}") from e
 
-    def remove(self, node: NodeAddress, path: str) -> None:
+    def remove(self, node: Node, path: str) -> None:
         """Unlink one file inside the data root (a symlink itself, never its target)."""
         rel, target = self._resolve(node, path, "remove", follow=False)
         try:
@@ -338,7 +336,7 @@ class LocalTransport(Transport):
 
     # ---- node ------------------------------------------------------------------
 
-    def probe(self, node: NodeAddress) -> NodeProbe:
+    def probe(self, node: Node) -> NodeProbe:
         """Reachable means the data root exists; GPU use is unknown for a directory."""
         try:
             usage = shutil.disk_usage(self._root(node, "probe"))
@@ -347,7 +345,7 @@ class LocalTransport(Transport):
         return NodeProbe(reachable=True, disk_total_bytes=usage.total, disk_free_bytes=usage.free)
 
     def exec(
-        self, node: NodeAddress, argv: Argv, stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv (no shell) in the data root; on timeout kill its whole process group."""
         if not argv:

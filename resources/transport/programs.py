@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from resources.transport import sqlite_snapshot
-from resources.transport.base import NodeAddress, TransferError, Transport
+from resources.transport.base import Node, TransferError, Transport
 
 STDERR_TAIL = 2000  # characters of stderr kept in a failure's message
 
@@ -70,7 +70,7 @@ class RemoteProgramFailed(TransferError):
 
 def run_program(
     transport: Transport,
-    node: NodeAddress,
+    node: Node,
     program: Program,
     args: list[str],
     payload: Any,

@@ -44,7 +44,7 @@ from resources.transport.base import (
     CopyResult,
     ExecResult,
     Listing,
-    NodeAddress,
+    Node,
     NodeProbe,
     NodeUnreachable,
     RemoteFile,
@@ -82,11 +82,11 @@ class HostKeyRefused(NodeUnreachable):
     """The node presented an unknown or different host key."""
 
 
-def _known_hosts_name(node: NodeAddress) -> str:
+def _known_hosts_name(node: Node) -> str:
     return f"{node.host}" if node.port == 22 else f"[{node.host}]:{node.port}"
 
 
-def _pinned_key(node: NodeAddress) -> paramiko.PKey:
+def _pinned_key(node: Node) -> paramiko.PKey:
     kind, b64 = (node.host_key or "").split()[:2]
     return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
 
@@ -109,7 +109,7 @@ class SshTransport(Transport):
 
     # ---- connections -----------------------------------------------------------
 
-    def _client(self, node: NodeAddress) -> paramiko.SSHClient:
+    def _client(self, node: Node) -> paramiko.SSHClient:
         """The node's live connection, made on first use. Handshakes with different
         nodes run at once (a fleet-wide audit must not queue 100 of them); two threads
         wanting the same node share one."""
@@ -127,12 +127,12 @@ class SshTransport(Transport):
                     self._clients[node.name] = client
             return client
 
-    def _live(self, node: NodeAddress) -> paramiko.SSHClient | None:
+    def _live(self, node: Node) -> paramiko.SSHClient | None:
         client = self._clients.get(node.name)
         transport = client.get_transport() if client else None
         return client if transport is not None and transport.is_active() else None
 
-    def _connect(self, node: NodeAddress) -> paramiko.SSHClient:
+    def _connect(self, node: Node) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never auto-add
         if node.host_key:
@@ -191,7 +191,7 @@ class SshTransport(Transport):
     # ---- remote commands -------------------------------------------------------
 
     def _run(
-        self, node: NodeAddress, command: str, stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, command: str, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run a shell command line (already quoted) on the node."""
         client = self._client(node)
@@ -240,13 +240,13 @@ class SshTransport(Transport):
             ) from exc
         return ExecResult(code, bytes(stdout), bytes(stderr))
 
-    def _drop(self, node: NodeAddress) -> None:
+    def _drop(self, node: Node) -> None:
         with self._lock:
             client = self._clients.pop(node.name, None)
         if client is not None:
             client.close()
 
-    def _abs(self, node: NodeAddress, path: str, step: str) -> tuple[str, str]:
+    def _abs(self, node: Node, path: str, step: str) -> tuple[str, str]:
         """(validated relative path, absolute path on the node)."""
         try:
             rel = safe_relpath(path)
@@ -254,14 +254,14 @@ class SshTransport(Transport):
             raise UnsafePathError(f"node {node.name}: {path!r}: {step}: {exc}") from None
         return rel, posixpath.join(node.data_root, rel)
 
-    def _check(self, node: NodeAddress, done: ExecResult, what: str) -> str:
+    def _check(self, node: Node, done: ExecResult, what: str) -> str:
         if done.returncode != 0:
             err = done.stderr.decode(errors="replace").strip()[-1000:]
             raise TransferError(f"node {node.name}: {what}: exit {done.returncode}: {err}")
         return done.stdout.decode(errors="surrogateescape")
 
     def exec(
-        self, node: NodeAddress, argv: Argv, stdin: bytes | None = None, timeout: float = 600
+        self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         if not argv:
             raise ValueError(f"node {node.name}: exec: empty argv")
@@ -270,7 +270,7 @@ class SshTransport(Transport):
 
     # ---- reading ---------------------------------------------------------------
 
-    def list(self, node: NodeAddress, subdir: str) -> Listing:
+    def list(self, node: Node, subdir: str) -> Listing:
         """One round trip: `find -printf` with NUL-separated fields (names may hold
         anything), followed by the size and mtime of what relative symlinks point at, so
         a link reports its target's, as LocalTransport does.
@@ -301,7 +301,7 @@ class SshTransport(Transport):
         files.sort(key=lambda f: f.path)
         return Listing(files=files, rejected=sorted(rejected))
 
-    def stat(self, node: NodeAddress, path: str) -> RemoteFile | None:
+    def stat(self, node: Node, path: str) -> RemoteFile | None:
         rel, absolute = self._abs(node, path, "stat")
         q = shlex.quote(absolute)
         command = f"[ -e {q} ] || exit 0; find -L {q} -maxdepth 0 -printf '%y\\0%s\\0%T@\\0'"
@@ -313,7 +313,7 @@ class SshTransport(Transport):
             raise TransferError(f"node {node.name}: stat {rel}: not a regular file")
         return RemoteFile(rel, int(size), _mtime_ns(mtime))
 
-    def sha256(self, node: NodeAddress, path: str) -> str:
+    def sha256(self, node: Node, path: str) -> str:
         rel, absolute = self._abs(node, path, "sha256")
         out = self._check(
             node, self._run(node, f"sha256sum -- {shlex.quote(absolute)}"), f"sha256 {rel}"
@@ -325,7 +325,7 @@ class SshTransport(Transport):
 
     # ---- writing ---------------------------------------------------------------
 
-    def snapshot_sqlite(self, node: NodeAddress, path: str, dest: str) -> RemoteFile:
+    def snapshot_sqlite(self, node: Node, path: str, dest: str) -> RemoteFile:
         """Run `sqlite_snapshot.py` on the node itself: the live DB never leaves unsnapshotted."""
         rel, source = self._abs(node, path, "snapshot")
         dest_rel, final = self._abs(node, dest, "snapshot")
@@ -341,7 +341,7 @@ class SshTransport(Transport):
             raise TransferError(f"node {node.name}: snapshot {dest_rel!r} vanished after publish")
         return found
 
-    def publish_symlink(self, node: NodeAddress, link_path: str, target_name: str) -> None:
+    def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
         rel, link = self._abs(node, link_path, "symlink")
         if "/" in target_name or safe_relpath(target_name) != target_name:
             raise UnsafePathError(f"node {node.name}: {rel!r}: symlink: target must be a sibling")
@@ -349,27 +349,27 @@ class SshTransport(Transport):
         make = f"ln -s -- {shlex.quote(target_name)} {shlex.quote(staging)} && "
         self._move(node, staging, link, f"symlink {rel}", make)
 
-    def make_dirs(self, node: NodeAddress, directory: str) -> None:
+    def make_dirs(self, node: Node, directory: str) -> None:
         rel, absolute = self._abs(node, directory, "mkdir")
         self._check(node, self._run(node, f"mkdir -p -- {shlex.quote(absolute)}"), f"mkdir {rel}")
 
-    def rename(self, node: NodeAddress, src: str, dst: str) -> None:
+    def rename(self, node: Node, src: str, dst: str) -> None:
         rel, source = self._abs(node, src, "rename")
         dst_rel, target = self._abs(node, dst, "rename")
         self._move(node, source, target, f"rename {rel} -> {dst_rel}")
 
-    def _move(self, node: NodeAddress, source: str, target: str, what: str, make: str = "") -> None:
+    def _move(self, node: Node, source: str, target: str, what: str, make: str = "") -> None:
         """Rename `source` over `target` atomically (`mv -T`), creating target's directory;
         `make` runs in between (it makes the source)."""
         mkdir = f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && "
         command = f"{mkdir}{make}mv -Tf -- {shlex.quote(source)} {shlex.quote(target)}"
         self._check(node, self._run(node, command), what)
 
-    def remove(self, node: NodeAddress, path: str) -> None:
+    def remove(self, node: Node, path: str) -> None:
         rel, absolute = self._abs(node, path, "remove")
         self._check(node, self._run(node, f"rm -f -- {shlex.quote(absolute)}"), f"remove {rel}")
 
-    def probe(self, node: NodeAddress) -> NodeProbe:
+    def probe(self, node: Node) -> NodeProbe:
         """Disk of the data root and GPU utilisation (mean over GPUs; None without nvidia-smi)."""
         q = shlex.quote(node.data_root)
         command = (
@@ -398,7 +398,7 @@ class SshTransport(Transport):
     # ---- copies ----------------------------------------------------------------
 
     def copy_between(
-        self, src: NodeAddress, src_path: str, dst: NodeAddress, dst_path: str, sha256: str
+        self, src: Node, src_path: str, dst: Node, dst_path: str, sha256: str
     ) -> CopyResult:
         """Verified, atomic copy between two SSH nodes (direct pull, or streamed relay)."""
         expected = expected_sha256(sha256, f"node {src.name}: {src_path!r}")
@@ -432,7 +432,7 @@ class SshTransport(Transport):
         self._agent(dst, job, what, src)
         return CopyResult(dst_rel, expected, size, size, time.monotonic() - started)
 
-    def copy_many(self, src: NodeAddress, dst: NodeAddress, items: CopyBatch) -> CopyOutcomes:
+    def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
         """A batch in one stream (rsync --files-from, or a relayed tar), verified and
         published by the node agent in the same remote command as the pull."""
         if len(items) <= 1:
@@ -475,9 +475,7 @@ class SshTransport(Transport):
                 results.append(error(f"{what}: {dst_rel!r}: {outcome['error']}"))
         return results
 
-    def _agent(
-        self, dst: NodeAddress, job: dict[str, Any], what: str, src: NodeAddress
-    ) -> dict[str, Any]:
+    def _agent(self, dst: Node, job: dict[str, Any], what: str, src: Node) -> dict[str, Any]:
         """Run one node-agent job on the target; its reply, or the failure it reports
         (a lost link to the source counts toward the source's breaker)."""
         done = self._run(dst, AGENT_COMMAND, json.dumps(job).encode(), timeout=24 * 3600)
@@ -491,48 +489,38 @@ class SshTransport(Transport):
             raise NodeUnreachable(src.name, message)
         raise TransferError(message)
 
-    def _pin_job(self, src: NodeAddress, dst: NodeAddress) -> dict[str, str]:
+    def _pin_job(self, src: Node, dst: Node) -> dict[str, str]:
         """Where dst's ssh finds src's pinned host key, and the line to write there."""
         return {
             "known_hosts": self._peer_known_hosts(src, dst),
             "pin": f"{_known_hosts_name(src)} {src.host_key}\n",
         }
 
-    def _relay_batch(
-        self, src: NodeAddress, dst: NodeAddress, batch: str, names: bytes, what: str
-    ) -> None:
+    def _relay_batch(self, src: Node, dst: Node, batch: str, names: bytes, what: str) -> None:
         send = f"cd -- {shlex.quote(src.data_root)} && tar -cf - --null -T -"
         receive = f"mkdir -p -- {shlex.quote(batch)} && tar -xf - -C {shlex.quote(batch)}"
         self._pump(src, send, names, dst, receive, what)
 
-    def _has_copy(self, node: NodeAddress, rel: str, size: int, expected: str) -> bool:
+    def _has_copy(self, node: Node, rel: str, size: int, expected: str) -> bool:
         found = self.stat(node, rel)
         return found is not None and found.size == size and self.sha256(node, rel) == expected
 
-    def _peer_known_hosts(self, src: NodeAddress, dst: NodeAddress) -> str:
+    def _peer_known_hosts(self, src: Node, dst: Node) -> str:
         return posixpath.join(dst.data_root, ".fleetsync", f"known_hosts.{src.name}")
 
-    def _peer_ssh(self, src: NodeAddress, dst: NodeAddress) -> str:
+    def _peer_ssh(self, src: Node, dst: Node) -> str:
         """The `-e` command dst's rsync uses to reach src: dst's own key, src's pinned key."""
         known_hosts = self._peer_known_hosts(src, dst)
         return shlex.join(self._openssh(dst.pull_key or "", src.port, known_hosts))
 
-    def _relay(
-        self, src: NodeAddress, source: str, dst: NodeAddress, staging: str, what: str
-    ) -> None:
+    def _relay(self, src: Node, source: str, dst: Node, staging: str, what: str) -> None:
         receive = (
             f"mkdir -p -- {shlex.quote(posixpath.dirname(staging))} && cat > {shlex.quote(staging)}"
         )
         self._pump(src, f"cat -- {shlex.quote(source)}", None, dst, receive, what)
 
     def _pump(
-        self,
-        src: NodeAddress,
-        send: str,
-        send_input: bytes | None,
-        dst: NodeAddress,
-        receive: str,
-        what: str,
+        self, src: Node, send: str, send_input: bytes | None, dst: Node, receive: str, what: str
     ) -> None:
         """Stream `send` on src into `receive` on dst through this host, chunk by chunk,
         paced to the link's bandwidth cap: two OpenSSH processes, bounded memory."""
@@ -575,7 +563,7 @@ class SshTransport(Transport):
                 raise NodeUnreachable(src.name, message)
             raise TransferError(message)
 
-    def _ssh_argv(self, node: NodeAddress) -> Argv:
+    def _ssh_argv(self, node: Node) -> Argv:
         """OpenSSH client for bulk streams: same pinned host key and key as paramiko."""
         known_hosts = self._workdir / f"known_hosts.{node.name}"
         if node.host_key:
@@ -607,7 +595,7 @@ _END = "FLEETSYNC-END"  # last line of a listing: anything shorter was cut off
 _FOLLOW_LINKS = 'find -L "$@" -maxdepth 0 -type f -printf "%s\\0%T@\\0%p\\0"'
 
 
-def _ended(node: NodeAddress, out: str, what: str) -> str:
+def _ended(node: Node, out: str, what: str) -> str:
     """The output without its sentinel line, which it must end with."""
     if not out.endswith(f"{_END}\n"):
         raise TransferError(
@@ -716,6 +704,6 @@ def _mtime_ns(value: str) -> int:
         raise ValueError(f"unreadable mtime {value[:40]!r}") from None
 
 
-def _bwlimit(src: NodeAddress, dst: NodeAddress) -> list[str]:
+def _bwlimit(src: Node, dst: Node) -> list[str]:
     rate = link_rate(src, dst)
     return [f"--bwlimit={max(1, int(rate / 1024))}"] if rate else []
