@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,8 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
+
+from resources.transport.base import NodeProbe
 
 SCHEMA_VERSION = 3
 _Columns = TypeVarTuple("_Columns")
@@ -195,7 +198,6 @@ aliases = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
-
 # Per-node circuit breakers: they must outlive runs, so they live here; what the numbers
 # mean is decided outside the catalog (sync_assets/engine/breaker.py).
 breakers = sa.Table(
@@ -331,25 +333,10 @@ class Catalog(dg.ConfigurableResource):
                 retire = nodes.update().where(nodes.c.name.in_(gone))
                 conn.execute(retire.values(state=NodeState.RETIRED))
 
-    def record_probe(
-        self,
-        node: str,
-        *,
-        reachable: bool,
-        disk_total_bytes: int | None,
-        disk_free_bytes: int | None,
-        gpu_util_percent: float | None,
-        error: str | None,
-    ) -> None:
+    def record_probe(self, node: str, probe: NodeProbe) -> None:
+        seen = asdict(probe) | {"last_probe_at": _now()}
+        seen["probe_error"] = seen.pop("error")
         with self.engine.begin() as conn:
-            seen = {
-                "reachable": reachable,
-                "last_probe_at": _now(),
-                "disk_total_bytes": disk_total_bytes,
-                "disk_free_bytes": disk_free_bytes,
-                "gpu_util_percent": gpu_util_percent,
-                "probe_error": error,
-            }
             _replace(conn, probes, {"node": node}, seen)
 
     def nodes_frame(self) -> pd.DataFrame:
@@ -579,15 +566,12 @@ class Catalog(dg.ConfigurableResource):
         self, kinds: Sequence[str] | None = None, shas: Iterable[str] | None = None
     ) -> pd.DataFrame:
         """Replicas (of `kinds`, of `shas`) joined with their artifact's kind, config, origin."""
-        query = sa.select(
-            replicas,
-            artifacts.c.kind,
-            artifacts.c.config,
-            artifacts.c.name,
-            artifacts.c.origin_node,
-        ).join(artifacts, artifacts.c.sha256 == replicas.c.sha256)
+        a = artifacts
+        query = sa.select(replicas, a.c.kind, a.c.config, a.c.name, a.c.origin_node).join(
+            a, a.c.sha256 == replicas.c.sha256
+        )
         if kinds is not None:
-            query = query.where(artifacts.c.kind.in_(list(kinds)))
+            query = query.where(a.c.kind.in_(list(kinds)))
         if shas is not None:
             query = query.where(replicas.c.sha256.in_(sorted(set(shas))))
         return self._frame(query)
@@ -646,12 +630,8 @@ class Catalog(dg.ConfigurableResource):
         return (rows[0].fingerprint, rows[0].snapshot_sha256) if rows else None
 
     def set_source_state(self, node: str, path: str, fingerprint: str, sha256: str) -> None:
+        snapshot = {"fingerprint": fingerprint, "snapshot_sha256": sha256, "snapshotted_at": _now()}
         with self.engine.begin() as conn:
-            snapshot = {
-                "fingerprint": fingerprint,
-                "snapshot_sha256": sha256,
-                "snapshotted_at": _now(),
-            }
             _replace(conn, sources, {"node": node, "path": path}, snapshot)
 
     def record_merges(
@@ -661,21 +641,13 @@ class Catalog(dg.ConfigurableResource):
         which became version `canonical_sha256` (None: not known)."""
         if not per_snapshot:
             return
-        now = _now()
+        merge = {"config": config, "canonical_sha256": canonical_sha256, "merged_at": _now()}
+        rows = [
+            merge | {"snapshot_sha256": sha, "stats_json": json.dumps(stats, sort_keys=True)}
+            for sha, stats in per_snapshot.items()
+        ]
         with self.engine.begin() as conn:
-            conn.execute(
-                merges.insert(),
-                [
-                    {
-                        "config": config,
-                        "snapshot_sha256": sha,
-                        "canonical_sha256": canonical_sha256,
-                        "merged_at": now,
-                        "stats_json": json.dumps(stats, sort_keys=True),
-                    }
-                    for sha, stats in per_snapshot.items()
-                ],
-            )
+            conn.execute(merges.insert(), rows)
 
     def merge_log(self) -> list[tuple[str, str]]:
         """(config, stats_json) of the newest merge of each (config, snapshot): a snapshot

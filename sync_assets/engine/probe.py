@@ -13,12 +13,5 @@ def probe_and_record(node: Node, catalog: Catalog, transports: Transports) -> No
     """One probe of `node` (reachability, disk, GPU), fed to its breaker and recorded."""
     probe = transports.for_node(node).probe(node)
     breaker.record(catalog, node.name, None if probe.reachable else probe.error or "unreachable")
-    catalog.record_probe(
-        node.name,
-        reachable=probe.reachable,
-        disk_total_bytes=probe.disk_total_bytes,
-        disk_free_bytes=probe.disk_free_bytes,
-        gpu_util_percent=probe.gpu_util_percent,
-        error=probe.error,
-    )
+    catalog.record_probe(node.name, probe)
     return probe

@@ -30,7 +30,7 @@ import yaml
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from resources.transport.base import CopyItem, CopyResult, TransferError
+from resources.transport.base import CopyItem, CopyResult, NodeProbe, TransferError
 from resources.transport.local import LocalTransport
 from resources.transport.paths import UnsafePathError, is_ignored
 from resources.transport.ssh import HostKeyRefused, SshTransport
@@ -705,10 +705,8 @@ def test_breaker_opens_on_a_dead_durable_node_and_the_planner_routes_around_it(
     catalog.sync_nodes(fleet.nodes)
     # A probe from before store-1 died: it has the most room, so it is the first choice.
     for name, free_gib in (("gpu-1", 500), ("store-1", 900), ("store-2", 800), ("store-3", 700)):
-        catalog.record_probe(
-            name, reachable=True, disk_total_bytes=1000 * GIB,
-            disk_free_bytes=free_gib * GIB, gpu_util_percent=None, error=None,
-        )  # fmt: skip
+        seen = NodeProbe(True, disk_total_bytes=1000 * GIB, disk_free_bytes=free_gib * GIB)
+        catalog.record_probe(name, seen)
     vanish(sshd, "store-1")
 
     # Every pass tries store-1 again (once per batch) until its breaker opens.

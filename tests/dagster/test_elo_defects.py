@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from resources.transport.base import NodeProbe
 from sync_assets.demo.synth_elo import anchored_strengths, match_rows, simulate, write_elo_db
 from sync_assets.elo import matches as m
 from sync_assets.elo import ratings_db
@@ -155,10 +156,7 @@ def _new_first_durable_node(env: SimpleNamespace, name: str) -> None:
 
 
 def _probe(env: SimpleNamespace, node: str, reachable: bool) -> None:
-    env.catalog.record_probe(
-        node, reachable=reachable, disk_total_bytes=None, disk_free_bytes=None,
-        gpu_util_percent=None, error=None if reachable else "gone",
-    )  # fmt: skip
+    env.catalog.record_probe(node, NodeProbe(reachable, error=None if reachable else "gone"))
 
 
 # ---- item 4: never publish from a union that lacks a collected snapshot -------------------

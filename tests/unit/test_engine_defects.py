@@ -22,7 +22,7 @@ import yaml
 
 from resources.catalog import Catalog
 from resources.transport import Transports
-from resources.transport.base import ExecResult
+from resources.transport.base import ExecResult, NodeProbe
 from resources.transport.local import LocalTransport
 from sync_assets.demo.pipeline import build_demo_fleet
 from sync_assets.engine.audit import audit_nodes
@@ -380,10 +380,7 @@ def test_copies_on_an_unreachable_durable_node_count_but_show_at_risk(tmp_path: 
     collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
     before = fleet_status(catalog, fleet)
     assert before.bytes_below_policy == 0 and before.bytes_relying_on_unreachable == 0
-    catalog.record_probe(
-        "store-1", reachable=False, disk_total_bytes=None, disk_free_bytes=None,
-        gpu_util_percent=None, error="timed out",
-    )  # fmt: skip
+    catalog.record_probe("store-1", NodeProbe(reachable=False, error="timed out"))
     after = fleet_status(catalog, fleet)
     snapshots = sum(p.stat().st_size for p in (root_of(fleet, "store-1") / "games").rglob("*.db"))
     assert after.bytes_below_policy == 0
