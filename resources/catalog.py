@@ -587,20 +587,10 @@ class Catalog(dg.ConfigurableResource):
         seconds: float,
         error: str | None = None,
     ) -> None:
+        row: dict[str, Any] = {"sha256": sha256, "source": source, "target": target, "path": path}
+        row |= {"bytes": bytes_moved, "seconds": seconds, "status": "failed" if error else "ok"}
         with self.engine.begin() as conn:
-            conn.execute(
-                transfers.insert().values(
-                    sha256=sha256,
-                    source=source,
-                    target=target,
-                    path=path,
-                    bytes=bytes_moved,
-                    seconds=seconds,
-                    status="failed" if error else "ok",
-                    error=error,
-                    finished_at=_now(),
-                )
-            )
+            conn.execute(transfers.insert().values(**row, error=error, finished_at=_now()))
 
     def bytes_moved(self) -> int:
         """Bytes of every transfer that succeeded."""

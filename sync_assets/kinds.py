@@ -18,7 +18,7 @@ from sync_assets.fleet.inventory import Fleet
 class ArtifactKind:
     name: str
     policy_field: str
-    alias: str = ""  # "": none
+    alias: str = ""
     replaced_in_place: bool = False
 
 

@@ -63,7 +63,6 @@ class RemoteProgramFailed(TransferError):
     ) -> None:
         super().__init__(f"node {node}: {program} failed (exit {returncode}): {why}")
         self.node = node
-        self.returncode = returncode
         self.result = result
         self.why = why
 

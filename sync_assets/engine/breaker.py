@@ -63,13 +63,10 @@ def state(catalog: Catalog, node: str) -> BreakerState:
     return _state_of(catalog.breaker(node))
 
 
-def record(catalog: Catalog, node: str, error: str | None) -> BreakerState:
-    """Feed one attempt's outcome (error None: it worked) to the node's breaker; returns
-    the new state."""
-    new = BreakerState()
+def record(catalog: Catalog, node: str, error: str | None) -> None:
+    """Feed one attempt's outcome (error None: it worked) to the node's breaker."""
 
     def step(row: Any) -> dict[str, Any] | None:
-        nonlocal new
         old = _state_of(row)
         new = after_failure(old, time.time()) if error else after_success(old)
         if row is not None and error is None and old == new:
@@ -77,7 +74,6 @@ def record(catalog: Catalog, node: str, error: str | None) -> BreakerState:
         return {**asdict(new), "last_error": error}
 
     catalog.update_breaker(node, step)
-    return new
 
 
 def open_nodes(catalog: Catalog) -> frozenset[str]:
