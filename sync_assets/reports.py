@@ -193,28 +193,20 @@ class ReportPayload(ReportRequest):
 _M = TypeVar("_M", bound=ReportRequest)
 
 
-def _validate(
-    model: type[_M], data: Mapping[str, Any], fleet: Fleet
-) -> tuple[_M | None, list[str]]:
+def validate(model: type[_M], data: Mapping[str, Any], fleet: Fleet) -> tuple[_M | None, list[str]]:
+    """A reporter's request (`ReportRequest`: sha256 optional, no size yet) or a complete
+    report (`ReportPayload`), or every problem with it, one line each (`field: message`).
+    Static: no I/O."""
     try:
         return model.model_validate(dict(data), context={"fleet": fleet}), []
     except ValidationError as exc:
         return None, [_problem(error) for error in exc.errors()]
 
 
-def validate_request(
-    data: Mapping[str, Any], fleet: Fleet
-) -> tuple[ReportRequest | None, list[str]]:
-    """A reporter's request (sha256 optional, no size yet), or every problem with it."""
-    return _validate(ReportRequest, data, fleet)
-
-
 def validate_report(
     data: Mapping[str, Any], fleet: Fleet
 ) -> tuple[ReportPayload | None, list[str]]:
-    """A complete report (kind, config, node, path, sha256, size, optional promote), or
-    every problem with it, one line each (`field: message`). Static: no I/O."""
-    return _validate(ReportPayload, data, fleet)
+    return validate(ReportPayload, data, fleet)
 
 
 # ---- the receiving side -------------------------------------------------------------------
@@ -231,8 +223,6 @@ class Candidate:
     size: int
     promote: bool
     storage_id: int | None = None
-    timestamp: float | None = None
-    run_id: str | None = None  # "" or None: reported (runless); else the producing run
 
 
 @dataclass(frozen=True)
@@ -280,7 +270,6 @@ def candidate_from_event(
         reason = f"asset: {found.asset_key.to_user_string()} is not models/candidate"
         (logger or log).warning(f"ignoring reported materialization: {reason}")
         return Rejected(reason, (reason,))
-    entry = event.event_log_entry if isinstance(event, dg.EventLogRecord) else event
     return Candidate(
         config=found.config,
         node=found.node,
@@ -289,8 +278,6 @@ def candidate_from_event(
         size=found.size,
         promote=found.promote,
         storage_id=event.storage_id if isinstance(event, dg.EventLogRecord) else None,
-        timestamp=entry.timestamp if isinstance(entry, dg.EventLogEntry) else None,
-        run_id=entry.run_id if isinstance(entry, dg.EventLogEntry) else None,
     )
 
 

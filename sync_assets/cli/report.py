@@ -1,13 +1,9 @@
-"""The report client: `report(...)` in Python, `fleetsync report` on the command line.
-
-Three ways in, all through the validation of `sync_assets/reports.py` and through a
-check of the file on its node (size, SHA-256 computed *there*, the `.sha256` sidecar if
-present): `report(...)` in Python, `fleetsync report` on the command line
+"""The report client: `report(...)` in Python, `fleetsync report` on the command line
 (`cmd_report`), and `report(..., url=...)` which POSTs to a running webserver.
 
-A report is a claim: it never moves or deletes a file, whatever it says.
-
-Nothing is recorded unless every check passed.
+All three go through the validation of `sync_assets/reports.py` and a check of the file
+on its node (size, SHA-256 computed *there*, the `.sha256` sidecar if present). Nothing
+is recorded unless every check passed; a report never moves or deletes a file.
 """
 
 from __future__ import annotations
@@ -34,8 +30,8 @@ from sync_assets.reports import (
     ReportPayload,
     ReportRequest,
     one_line,
+    validate,
     validate_report,
-    validate_request,
 )
 
 _SIDECAR_MAX_BYTES = 4096
@@ -167,7 +163,7 @@ def report(
     data = {"kind": kind, "config": config, "node": node, "path": path, "promote": promote}
     if sha256 is not None:
         data["sha256"] = sha256
-    request, problems = validate_request(data, fleet)
+    request, problems = validate(ReportRequest, data, fleet)
     if request is None:
         return ReportResult(None, tuple(problems))
     own = transports is None
@@ -175,8 +171,8 @@ def report(
     try:
         payload, problems = verify_on_node(request, fleet, transports)
     finally:
-        if own:
-            _close(transports)
+        if own:  # close the SSH connections opened for this report (outside a run)
+            transports.teardown_after_execution(None)  # type: ignore[arg-type]  # unused
     if payload is None:
         return ReportResult(None, tuple(problems))
     if url is not None:
@@ -246,11 +242,6 @@ def post_report(url: str, payload: ReportPayload, *, timeout: float = 30) -> str
     return None
 
 
-def _close(transports: Transports) -> None:
-    """Close SSH connections opened for this report (a resource outside a run)."""
-    transports.teardown_after_execution(None)  # type: ignore[arg-type]  # context unused
-
-
 # ---- command line -------------------------------------------------------------------------
 
 
@@ -285,18 +276,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.url is None:
         os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve()))
     result = (
-        ReportResult(None, tuple(missing))
-        if missing
-        else report(
-            args.kind,
-            args.config,
-            args.node,
-            args.path,
-            args.sha256,
-            args.promote,
-            url=args.url,
-        )  # fmt: skip
-    )
+        report(args.kind, args.config, args.node, args.path, args.sha256, args.promote,
+               url=args.url)
+        if not missing
+        else ReportResult(None, tuple(missing))
+    )  # fmt: skip
     if not result.ok or result.payload is None:
         for line in result.problems:
             print(line, file=sys.stderr)

@@ -36,7 +36,6 @@ from sync_assets.models.promotion import (
 )
 from sync_assets.reports import Candidate, Rejected
 
-MODEL_KIND = MODEL.name
 PROMOTED_ALIAS = MODEL.alias
 
 
@@ -82,7 +81,7 @@ def register_candidate(
         )
     size = now[0]
     catalog.add_artifact(
-        sha256, kind=MODEL_KIND, config=config, name=path, size=size, origin_node=node.name
+        sha256, kind=MODEL.name, config=config, name=path, size=size, origin_node=node.name
     )
     catalog.record_replica(sha256, node.name, path, size)
     return size
@@ -208,18 +207,9 @@ def promote(
     left the alias as it was (the caller fails the step)."""
     promoted_sha = catalog.alias(PROMOTED_ALIAS, config)
 
-    def unchanged(
-        decision: Decision,
-        rejected: bool = False,
-        sha: str | None = None,
-        mine: Standing | None = None,
-        changed: list[str] | None = None,
-    ) -> Promotion:
+    def keep(result: Promotion) -> Promotion:
         """No promotion: the promoted model stays on the durable nodes, and is copied
         again where a node lost it (the catalog's word is checked on disk)."""
-        result = Promotion(
-            decision, promoted_sha, rejected, sha, mine, changed_sources=changed or []
-        )
         if promoted_sha is not None:
             kept = place_promoted(config, promoted_sha, fleet.durable_nodes, fleet, catalog,
                                   transports)  # fmt: skip
@@ -227,38 +217,38 @@ def promote(
         return result
 
     if candidate is None:
-        return unchanged(Decision(False, "no candidate reported for this config"))
+        return keep(
+            Promotion(Decision(False, "no candidate reported for this config"), promoted_sha)
+        )
     if isinstance(candidate, Rejected):
-        return unchanged(Decision(False, f"candidate report rejected: {candidate.reason}"), True)
+        reason = f"candidate report rejected: {candidate.reason}"
+        return keep(Promotion(Decision(False, reason), promoted_sha, report_rejected=True))
     node = fleet.node(candidate.node)
     try:
         register_candidate(node, candidate.path, candidate.sha256, config, catalog, transports)
     except CandidateRejected as exc:
-        return unchanged(Decision(False, str(exc)), True)
+        return keep(Promotion(Decision(False, str(exc)), promoted_sha, report_rejected=True))
     except NodeUnreachable as exc:  # decided when the node answers; the promoted one stays
-        return unchanged(Decision(False, f"candidate not checked, its node is unreachable: {exc}"))
+        reason = f"candidate not checked, its node is unreachable: {exc}"
+        return keep(Promotion(Decision(False, reason), promoted_sha))
     mine, theirs = standings_for(config, candidate.sha256, promoted_sha, fleet, catalog, transports)
     decision = decide_promotion(
         candidate.sha256, promoted_sha, mine, theirs, explicit=candidate.promote
     )
+    result = Promotion(decision, promoted_sha, candidate_sha256=candidate.sha256, candidate=mine)
     if not decision.promote:
-        return unchanged(decision, False, candidate.sha256, mine)
+        return keep(result)
     placement = place_promoted(
         config, candidate.sha256, fleet.durable_nodes, fleet, catalog, transports
     )
+    result.changed_sources = placement.changed_sources
     if not placement.holders and placement.changed_sources:
         changed = "; ".join(placement.changed_sources)
         reason = f"the candidate changed on its node since it was checked: {changed}"
-        return unchanged(
-            Decision(False, reason), True, candidate.sha256, mine, placement.changed_sources
-        )
-    result = Promotion(
-        decision, promoted_sha, candidate_sha256=candidate.sha256, candidate=mine,
-        holders=placement.holders, changed_sources=placement.changed_sources,
-        moved=placement.moved,
-    )  # fmt: skip
-    if placement.moved.failures or not placement.holders:
-        return result
-    catalog.set_alias(PROMOTED_ALIAS, config, candidate.sha256)
-    result.promoted_sha256 = candidate.sha256
+        result.decision, result.report_rejected = Decision(False, reason), True
+        return keep(result)
+    result.moved, result.holders = placement.moved, placement.holders
+    if not placement.moved.failures and placement.holders:
+        catalog.set_alias(PROMOTED_ALIAS, config, candidate.sha256)
+        result.promoted_sha256 = candidate.sha256
     return result
