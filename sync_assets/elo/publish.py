@@ -41,13 +41,11 @@ RATINGS_DB = "elo/fleet_ratings.db"
 RATINGS_KIND = ELO_RATINGS.name
 RATINGS_ALIAS = (ELO_RATINGS.alias, "fleet")  # catalog alias (kind, key) of the current file
 RATINGS_LEASE = "elo/fleet_ratings"
-MODEL_KIND = MODEL.name  # sync_assets.models.publish: checkpoints registered by SHA-256
 EVAL_ROLE = "eval"
 
 
 @dataclass
 class RatingsResult:
-    config: str
     union: UnionResult = field(default_factory=UnionResult)
     selection: Selection | None = None
     conflicts: int = 0  # conflicting matches of the config, left out of the fit
@@ -62,7 +60,6 @@ class RatingsResult:
 
 @dataclass
 class OnNodeResult:
-    node: str
     eval_node: bool
     sha256: str | None = None
     moved: ReplicationResult = field(default_factory=ReplicationResult)
@@ -74,7 +71,7 @@ def catalog_identity(catalog: Catalog) -> Identity:
     have always meant one set of weights, and {sha256 → config}. A name meaning one
     sha *so far* is not enough for a reused file name (`candidate_*`, ...): those are
     never resolved by name (`identity.is_reused_name`), only by a recorded sha."""
-    models = catalog.artifacts_of(MODEL_KIND).values()
+    models = catalog.artifacts_of(MODEL.name).values()
     shas_of: dict[str, set[str]] = {}
     for art in models:
         shas_of.setdefault(art.name, set()).add(art.sha256)
@@ -129,7 +126,7 @@ def recompute_ratings(
 
     Raises UnionIncomplete, before anything is written, when the union lacks a
     collected snapshot."""
-    result = RatingsResult(config=config)
+    result = RatingsResult()
     result.union = union_all(fleet, catalog, transports)
     result.union.raise_if_incomplete(f"config {config}: not publishing {RATINGS_DB}")
     primary = fleet.node(str(result.union.primary))
@@ -178,7 +175,7 @@ def publish_on_node(
 ) -> OnNodeResult:
     """The current `fleet_ratings.db` on an eval node, verified there and read-only;
     nothing for other nodes."""
-    result = OnNodeResult(node=node.name, eval_node=EVAL_ROLE in node.roles)
+    result = OnNodeResult(eval_node=EVAL_ROLE in node.roles)
     if not result.eval_node:
         return result
     sha = catalog.alias(*RATINGS_ALIAS)

@@ -56,7 +56,6 @@ def canonical_path(config: str) -> str:
 
 @dataclass
 class CanonicalResult:
-    config: str
     primary: str | None = None
     base_sha256: str | None = None  # the canonical version merged into (None: new file)
     snapshots_merged: int = 0
@@ -84,7 +83,7 @@ def merge_canonical(
 ) -> CanonicalResult:
     """Merge into the primary's canonical DB every collected snapshot holding games of
     `config` that its version lacks, then register and replicate the result."""
-    result = CanonicalResult(config=config)
+    result = CanonicalResult()
     with catalog.lease(f"games/canonical/{config}"):
         _count_uncounted(fleet, catalog, transports, result.moved)
         current = catalog.alias(CANONICAL_KIND, config)
