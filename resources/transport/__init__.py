@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from resources.transport.base import CopyItem, CopyResult, Node, TransferError, Transport
+from resources.transport.base import CopyBatch, CopyOutcomes, Node, TransferError, Transport
 from resources.transport.local import LocalTransport
 from resources.transport.programs import Program, run_program
 from resources.transport.ssh import SshTransport
@@ -30,9 +30,7 @@ class Transports(dg.ConfigurableResource):
             self._ssh = SshTransport(connect_timeout=self.connect_timeout_s)
         return self._ssh
 
-    def copy_many(
-        self, src: Node, dst: Node, items: list[CopyItem]
-    ) -> list[CopyResult | TransferError]:
+    def copy_many(self, src: Node, dst: Node, items: CopyBatch) -> CopyOutcomes:
         """Copy a batch directly between nodes of the same transport."""
         if src.transport != dst.transport:
             raise TransferError(
@@ -42,13 +40,7 @@ class Transports(dg.ConfigurableResource):
         return self.for_node(src).copy_many(src, dst, items)
 
     def run_program(
-        self,
-        node: Node,
-        program: Program,
-        args: list[str],
-        payload: Any = None,
-        *,
-        timeout: float,
+        self, node: Node, program: Program, args: list[str], payload: Any = None, *, timeout: float
     ) -> dict[str, Any]:
         """Run a shipped program on the node (`programs.run_program`); its JSON object."""
         return run_program(self.for_node(node), node, program, args, payload, timeout)
