@@ -96,7 +96,6 @@ class UnionResult:
 
 @dataclass
 class MatchesResult:
-    node: str
     elo_db: bool = False
     snapshot_taken: bool = False
     unchanged: bool = False
@@ -146,7 +145,7 @@ def collect_node_matches(
 ) -> MatchesResult:
     """Snapshot the node's Elo DB if it changed, bring every Elo snapshot the node
     originated up to policy, then union whatever is new into the fleet's match DB."""
-    result = MatchesResult(node=node.name)
+    result = MatchesResult()
     transport = transports.for_node(node)
     result.replication.add(confirm_originated(node, SNAPSHOT_KIND, fleet, catalog, transports))
     db = transport.stat(node, ELO_DB)

@@ -38,7 +38,6 @@ GAME_DB_RE = re.compile(
 
 @dataclass
 class CollectResult:
-    node: str
     databases: int = 0
     snapshots_taken: int = 0
     unchanged: int = 0
@@ -127,7 +126,7 @@ def collect_node_games(
     """Snapshot changed game DBs on `node`, count each snapshot's games per config, and
     replicate every snapshot it originated. A DB that cannot be snapshotted or read is
     skipped with its reason; the others are still collected."""
-    result = CollectResult(node=node.name)
+    result = CollectResult()
     transport = transports.for_node(node)
     listing = transport.list(node, "games")
     result.rejected_names = list(listing.rejected)

@@ -1,11 +1,8 @@
 """Promote a verified candidate and keep the promoted models on every GPU node.
 
 `promote` is the workflow of `models/promoted`: check the reported candidate on its
-node, look up both models' ratings, ask the gate (`promotion.py`), place the winner on
-the durable nodes and only then flip the alias; without a promotion, the promoted model
-stays on the durable nodes.
-
-No Dagster here: the assets call these functions and report what they return.
+node, ask the gate (`promotion.py`), place the winner on the durable nodes and only then
+flip the alias. No Dagster here: the assets report what these functions return.
 A node keeps its previous model until the new bytes are verified there: the
 copy lands under a staging name, is hashed, renamed over `canonical_{config}.pth`,
 and only then is the `ringrift_best_{config}.pth` symlink switched.

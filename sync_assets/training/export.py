@@ -86,13 +86,12 @@ def export_canonical(
     node, db, moved = _place(exporter, fleet, catalog, transports, config, canonical)
     out = f"{SHARD_DIR}/{STAGING_PREFIX}{config}.{uuid.uuid4().hex[:12]}.npz"
     transports.for_node(node).make_dirs(node, SHARD_DIR)
+    db = _on_node(node, db)
     started = time.monotonic()
     if exporter.command is None:
-        check = _run_reference(exporter, node, _on_node(node, db), out, config, transports)
+        check = _run_reference(exporter, node, db, out, config, transports)
     else:
-        check = _run_command(
-            exporter.command, exporter, node, _on_node(node, db), out, config, transports
-        )
+        check = _run_command(exporter.command, exporter, node, db, out, config, transports)
     return ExportResult(
         config=config,
         node=node.name,

@@ -63,7 +63,6 @@ def quarantine_path(config: str, sha256: str) -> str:
 class NpzExport:
     """What one `training/npz` pass did for a config."""
 
-    config: str
     skipped: str | None = None  # why nothing was exported (unchanged corpus, no corpus)
     exported: ExportResult | None = None
     quarantined: str | None = None  # path on the export node of a shard that failed
@@ -84,7 +83,7 @@ def export_npz(
     if it validates (quarantine it if not), and keep the current shard at policy.
 
     One writer per config: a catalog lease (concurrent exports once corrupted shards)."""
-    result = NpzExport(config=config)
+    result = NpzExport()
     with catalog.lease(f"training/npz/{config}"):
         canonical = catalog.alias(CANONICAL_KIND, config)
         result.current = catalog.alias(NPZ_ALIAS, config)
