@@ -58,7 +58,7 @@ def _placeholder_problems(template: str) -> list[str]:
 
 
 class Exporter(dg.ConfigurableResource):
-    """Runs the exporter for a config on a node and validates its output there."""
+    """Which exporter runs for a config, and where (`sync_assets/training/export.py` runs it)."""
 
     command: str | None = Field(
         default=None,
