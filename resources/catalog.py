@@ -427,14 +427,14 @@ class Catalog(dg.ConfigurableResource):
         ((lowest, highest),) = self._rows(query)
         return None if lowest is None else (lowest, highest)
 
-    def has_copy(self, sha256: str) -> bool:
-        """Whether a node not retired by node discovery holds a copy (verified, or a
-        snapshot still staged). A node discovery has not recorded yet counts."""
-        r, n = replicas, nodes
-        retired = sa.exists().where((n.c.name == r.c.node) & (n.c.state == NodeState.RETIRED))
+    def has_copy(self, sha256: str, nodes: Collection[str]) -> bool:
+        """Whether one of `nodes` (the inventory's: a departed node's copy is no copy)
+        holds a copy, verified or a snapshot still staged."""
+        r = replicas
         query = (
             sa.select(r.c.sha256)
-            .where((r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)) & ~retired)
+            .where((r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)))
+            .where(r.c.node.in_(list(nodes)))
             .limit(1)
         )
         return bool(self._rows(query))

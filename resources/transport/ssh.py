@@ -359,10 +359,12 @@ class SshTransport(Transport):
         self._move(node, source, target, f"rename {rel} -> {dst_rel}")
 
     def _move(self, node: Node, source: str, target: str, what: str, make: str = "") -> None:
-        """Rename `source` over `target` atomically (`mv -T`), creating target's directory;
-        `make` runs in between (it makes the source)."""
+        """Rename `source` over `target` with rename(2), creating target's directory; `make`
+        runs in between (it makes the source). Not `mv`: across filesystems it would copy
+        into the final name, visible half-written; os.replace fails instead."""
         mkdir = f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && "
-        command = f"{mkdir}{make}mv -Tf -- {shlex.quote(source)} {shlex.quote(target)}"
+        replace = "python3 -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])'"
+        command = f"{mkdir}{make}{replace} {shlex.quote(source)} {shlex.quote(target)}"
         self._check(node, self._run(node, command), what)
 
     def remove(self, node: Node, path: str) -> None:

@@ -113,8 +113,9 @@ def collected_path(artifact: pd.Series) -> str:
 
 
 def _checked_snapshot(
-    node: Node, db: RemoteFile, transports: Transports, catalog: Catalog, result: MatchesResult
-) -> Snapshot:
+    node: Node, db: RemoteFile, fleet: Fleet, catalog: Catalog, transports: Transports,
+    result: MatchesResult,
+) -> Snapshot:  # fmt: skip
     """Snapshot if changed, read through once on the node before anything is recorded."""
 
     def check(staging: str) -> None:
@@ -129,8 +130,8 @@ def _checked_snapshot(
 
     try:
         return snapshot_if_changed(
-            node, db, kind=SNAPSHOT_KIND, config=None, catalog=catalog, transports=transports,
-            check=check,
+            node, db, kind=SNAPSHOT_KIND, config=None, fleet=fleet, catalog=catalog,
+            transports=transports, check=check,
         )  # fmt: skip
     except (NodeUnreachable, EloDbUnreadable):
         raise
@@ -151,7 +152,7 @@ def collect_node_matches(
     db = transport.stat(node, ELO_DB)
     if db is not None:
         result.elo_db = True
-        snapshot = _checked_snapshot(node, db, transports, catalog, result)
+        snapshot = _checked_snapshot(node, db, fleet, catalog, transports, result)
         result.snapshot_taken, result.unchanged = snapshot.taken, not snapshot.taken
         result.snapshot_sha256 = snapshot.sha256
 

@@ -33,7 +33,12 @@ from sync_assets.elo.identity import Identity, Selection, select_matches
 from sync_assets.elo.ratings import DEFAULT_ANCHORS, decompose, fit_ratings
 from sync_assets.elo.ratings_db import COLUMNS, READ_ONLY
 from sync_assets.elo.remote import MATCHES_PY, RATINGS_DB_PY, waiting_lease
-from sync_assets.engine.replication import ReplicationResult, distribute, unavailable_nodes
+from sync_assets.engine.replication import (
+    ReplicationResult,
+    distribute,
+    node_names,
+    unavailable_nodes,
+)
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.kinds import ELO_RATINGS, MODEL
 
@@ -106,7 +111,7 @@ def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Tr
         return
     # Every copy looked for and gone: ratings are derived data, rebuilt config by config
     # from the matches, so starting from an empty file loses nothing that still exists.
-    if catalog.has_copy(current):
+    if catalog.has_copy(current, node_names(fleet.nodes)):
         raise TransferError(
             f"node {primary.name}: cannot get the current {RATINGS_DB} ({current[:16]}) here "
             f"({'; '.join(moved.failures) or 'no reachable copy'}); not writing ratings, "

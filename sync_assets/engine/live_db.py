@@ -25,7 +25,6 @@ from sync_assets.engine.replication import (
     confirm_holders,
     node_names,
     replicate,
-    unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
 
@@ -51,6 +50,7 @@ def snapshot_if_changed(
     *,
     kind: str,
     config: str | None,
+    fleet: Fleet,
     catalog: Catalog,
     transports: Transports,
     check: Callable[[str], None] | None = None,
@@ -65,7 +65,7 @@ def snapshot_if_changed(
     transport = transports.for_node(node)
     seen = fingerprint(db, transport.stat(node, f"{db.path}-wal"))
     previous = catalog.source_state(node.name, db.path)
-    if previous and previous[0] == seen and catalog.has_copy(previous[1]):
+    if previous and previous[0] == seen and catalog.has_copy(previous[1], node_names(fleet.nodes)):
         return Snapshot(previous[1], taken=False)
     staging = f"{STAGING_DIR}/{db.path}.{time.time_ns()}"
     snap = transport.snapshot_sqlite(node, db.path, staging)
@@ -131,8 +131,9 @@ def _release_staging(
     staged = catalog.replicas_of(mine, [ReplicaState.STAGING], [node.name])
     looked = confirm_holders(sorted({r.sha256 for r in staged}), fleet, catalog, transports)
     settled.replication.add(looked)
-    distrusted = unavailable_nodes(catalog) | looked.unconfirmed_nodes
-    trusted = node_names(fleet.durable_nodes) - distrusted
+    # Only copies looked at just now count: a node skipped while looking (breaker open,
+    # unreachable) may be counted as available a moment later, on the catalog's word.
+    trusted = node_names(fleet.durable_nodes) & looked.confirmed_nodes
     copies = catalog.durable_copy_counts(trusted, shas=mine)
     transport = transports.for_node(node)
     for sha in mine:

@@ -43,7 +43,8 @@ class ReplicationResult:
     failures: list[str] = field(default_factory=list)
     # Catalog replicas found wrong on disk and dropped (the disk's word beats the catalog's).
     findings: list[str] = field(default_factory=list)
-    # Nodes whose recorded copies could not be looked at (their word is unconfirmed).
+    # Nodes whose recorded copies were looked at on disk, and those that could not be.
+    confirmed_nodes: set[str] = field(default_factory=set)
     unconfirmed_nodes: set[str] = field(default_factory=set)
     blocked: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -53,6 +54,7 @@ class ReplicationResult:
         self.seconds += other.seconds
         self.failures += other.failures
         self.findings += other.findings
+        self.confirmed_nodes |= other.confirmed_nodes
         self.unconfirmed_nodes |= other.unconfirmed_nodes
         self.blocked = pd.concat([self.blocked, other.blocked], ignore_index=True)
 
@@ -198,6 +200,7 @@ def _confirm_on_disk(
             result.failures.append(str(exc))
             result.unconfirmed_nodes.add(holder)
             continue
+        result.confirmed_nodes.add(holder)
         for r in lost:
             result.findings.append(
                 f"node {holder}: {r.path}: recorded copy of {r.sha256[:16]} not on disk; "

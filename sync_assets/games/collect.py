@@ -83,9 +83,12 @@ def count_configs(node: Node, path: str, transports: Transports) -> Census:
     NotAGameDb when the file is not a readable game DB, TransferError when the count
     could not be made (the node, the command)."""
     out = transports.run_program(node, MERGE_PY, ["--census", path], timeout=3600)
-    if out["status"] != "ok":
+    if out.get("status") not in ("ok", None):
         raise NotAGameDb(f"node {node.name}: {path}: {out.get('error', out['status'])}")
-    return Census({str(c): int(n) for c, n in out["configs"].items()}, int(out["unparsed"]))
+    try:
+        return Census({str(c): int(n) for c, n in out["configs"].items()}, int(out["unparsed"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise TransferError(f"node {node.name}: {path}: census not understood: {out}") from None
 
 
 def record_census(node: Node, path: str, sha256: str, catalog: Catalog,
@@ -142,7 +145,7 @@ def collect_node_games(
         result.databases += 1
         try:
             snapshot = snapshot_if_changed(
-                node, db, kind=SNAPSHOT_KIND, config=hint, catalog=catalog,
+                node, db, kind=SNAPSHOT_KIND, config=hint, fleet=fleet, catalog=catalog,
                 transports=transports,
             )  # fmt: skip
         except NodeUnreachable:

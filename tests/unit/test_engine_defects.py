@@ -563,3 +563,69 @@ def test_a_census_failing_on_one_missing_copy_never_quarantines_the_snapshot(
     if not primary_db.exists():
         primary_db = root_of(fleet, "coord-1") / canonical_path("hex8_2p")
     assert canonical_ids(primary_db) == complete_games(db, "hex8", 2)
+
+
+# ---- issue 9 review: node sync left to discovery ------------------------------------------
+
+
+def test_a_copy_on_a_node_gone_from_the_inventory_never_stands_for_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    """gpu-2's DBs are collected to coord-1 and store-1. store-1's disk is wiped, and
+    coord-1 leaves the inventory (discovery has not run since, so the catalog still lists
+    it). The next pass must snapshot the unchanged DBs again: their only copies are on a
+    node that is no longer in the fleet."""
+    fleet, catalog = local_fleet(
+        tmp_path, min_replicas={"games": 1, "npz": 1, "models": 1, "elo": 1}
+    )
+    catalog.sync_nodes(fleet.nodes)  # discovery ran once
+    transports = Transports()
+    collect_node_games(fleet.node("gpu-2"), fleet, catalog, transports)
+    sources = sorted((root_of(fleet, "gpu-2") / "games").glob("*.db"))
+    shutil.rmtree(root_of(fleet, "store-1") / "games" / "collected")
+    fleet_file = tmp_path / "fleet" / "fleet.yaml"
+    doc = yaml.safe_load(fleet_file.read_text())
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] != "coord-1"]
+    fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    fleet = load_inventory(fleet_file)
+
+    again = collect_node_games(fleet.node("gpu-2"), fleet, catalog, transports)
+
+    assert sources and again.snapshots_taken == len(sources)
+    collected = root_of(fleet, "store-1") / "games" / "collected" / "gpu-2"
+    for source in sources:
+        want = sqlite3.connect(source).execute("SELECT * FROM games ORDER BY game_id").fetchall()
+        copies = list(collected.glob(f"{source.stem}.*"))
+        assert len(copies) == 1, source.name
+        assert (
+            sqlite3.connect(copies[0]).execute("SELECT * FROM games ORDER BY game_id").fetchall()
+            == want
+        )
+
+
+def test_a_node_skipped_while_looking_never_counts_toward_releasing_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog says coord-1 and store-1 hold gpu-2's snapshots, but store-1's files are
+    gone. store-1 is unavailable while the copies are looked at (its breaker open) and
+    available again a moment later: its rows must not count toward deleting gpu-2's
+    staging copies, which are then the only copy besides coord-1's."""
+    import sync_assets.engine.live_db as live_db
+    import sync_assets.engine.replication as replication
+
+    fleet, catalog = local_fleet(tmp_path)  # min_replicas.games = 2
+    transports = Transports()
+    node = fleet.node("gpu-2")
+    monkeypatch.setattr(live_db, "_release_staging", lambda *args: None)  # a pass cut short
+    collect_node_games(node, fleet, catalog, transports)
+    monkeypatch.undo()
+    staging = sorted((root_of(fleet, "gpu-2") / ".fleetsync").rglob("*.db.*"))
+    assert staging
+    shutil.rmtree(root_of(fleet, "store-1") / "games" / "collected")
+    real = replication.unavailable_nodes
+    monkeypatch.setattr(replication, "unavailable_nodes", lambda c: real(c) | {"store-1"})
+
+    again = collect_node_games(node, fleet, catalog, transports)
+
+    assert sorted((root_of(fleet, "gpu-2") / ".fleetsync").rglob("*.db.*")) == staging
+    assert again.under_replicated
