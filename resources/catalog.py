@@ -428,16 +428,12 @@ class Catalog(dg.ConfigurableResource):
         return None if lowest is None else (lowest, highest)
 
     def has_copy(self, sha256: str, nodes: Collection[str]) -> bool:
-        """Whether one of `nodes` (the inventory's: a departed node's copy is no copy)
-        holds a copy, verified or a snapshot still staged."""
+        """Whether one of `nodes` (the inventory's) holds a copy, staged or verified."""
         r = replicas
-        query = (
-            sa.select(r.c.sha256)
-            .where((r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)))
-            .where(r.c.node.in_(list(nodes)))
-            .limit(1)
+        query = sa.select(r.c.sha256).where(
+            (r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)) & r.c.node.in_(list(nodes))
         )
-        return bool(self._rows(query))
+        return bool(self._rows(query.limit(1)))
 
     def _durable_counts(self, durable_nodes: Collection[str]) -> sa.Subquery:
         r = replicas

@@ -1,10 +1,9 @@
 """The artifact kinds fleetsync keeps: one entry each, and every per-kind map derives from here.
 
-A new kind is one entry below plus its domain folder. `name` is the catalog's
-`artifacts.kind`; `policy_field` the `MinReplicas` field giving its durable copies;
-`alias` the catalog alias naming a config's current version ("": it has none);
-`replaced_in_place` says each new version is written over the last one at the same
-path, so an older version with no copy left is superseded, not at risk.
+A new kind is one entry below plus its domain folder. `name` is the catalog's `artifacts.kind`,
+`policy_field` the `MinReplicas` field giving its durable copies, `alias` the catalog alias of a
+config's current version ("": none). `replaced_in_place`: each version is written over the last
+at the same path, so an older version with no copy left is superseded, not at risk.
 """
 
 from __future__ import annotations

@@ -360,11 +360,10 @@ class SshTransport(Transport):
 
     def _move(self, node: Node, source: str, target: str, what: str, make: str = "") -> None:
         """Rename `source` over `target` with rename(2), creating target's directory; `make`
-        runs in between (it makes the source). Not `mv`: across filesystems it would copy
-        into the final name, visible half-written; os.replace fails instead."""
-        mkdir = f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && "
-        replace = "python3 -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])'"
-        command = f"{mkdir}{make}{replace} {shlex.quote(source)} {shlex.quote(target)}"
+        runs before it. Not `mv`: across filesystems it copies into the final name."""
+        mkdir = f"mkdir -p -- {shlex.quote(posixpath.dirname(target))} && {make}"
+        replace = "python3 -c 'import os, sys; os.replace(*sys.argv[1:])'"
+        command = f"{mkdir}{replace} {shlex.quote(source)} {shlex.quote(target)}"
         self._check(node, self._run(node, command), what)
 
     def remove(self, node: Node, path: str) -> None:

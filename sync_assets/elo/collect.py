@@ -120,9 +120,8 @@ def _checked_snapshot(
 
     def check(staging: str) -> None:
         try:
-            result.check = transports.run_program(
-                node, MATCHES_PY, ["check", staging], timeout=3600
-            )
+            args = ["check", staging]
+            result.check = transports.run_program(node, MATCHES_PY, args, timeout=3600)
         except RemoteProgramFailed as exc:
             raise EloDbUnreadable(
                 f"node {node.name}: {ELO_DB} cannot be read as an Elo DB: {exc}"
@@ -136,9 +135,8 @@ def _checked_snapshot(
     except (NodeUnreachable, EloDbUnreadable):
         raise
     except TransferError as exc:
-        raise EloDbUnreadable(
-            f"node {node.name}: {ELO_DB} is not a readable SQLite DB: {exc}"
-        ) from exc
+        why = f"node {node.name}: {ELO_DB} is not a readable SQLite DB: {exc}"
+        raise EloDbUnreadable(why) from exc
 
 
 def collect_node_matches(

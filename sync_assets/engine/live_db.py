@@ -25,6 +25,7 @@ from sync_assets.engine.replication import (
     confirm_holders,
     node_names,
     replicate,
+    unavailable_nodes,
 )
 from sync_assets.fleet.inventory import Fleet, Node
 
@@ -131,17 +132,18 @@ def _release_staging(
     staged = catalog.replicas_of(mine, [ReplicaState.STAGING], [node.name])
     looked = confirm_holders(sorted({r.sha256 for r in staged}), fleet, catalog, transports)
     settled.replication.add(looked)
-    # Only copies looked at just now count: a node skipped while looking (breaker open,
-    # unreachable) may be counted as available a moment later, on the catalog's word.
-    trusted = node_names(fleet.durable_nodes) & looked.confirmed_nodes
-    copies = catalog.durable_copy_counts(trusted, shas=mine)
+    trusted = node_names(fleet.durable_nodes) - unavailable_nodes(catalog)
+    copies = catalog.durable_copy_counts(trusted - looked.unconfirmed_nodes, shas=mine)
+    # A staging copy goes only on copies looked at just now: a node skipped while looking
+    # (breaker open) may count as available a moment later, on the catalog's word alone.
+    seen = catalog.durable_copy_counts(trusted & looked.confirmed_nodes, shas=mine)
     transport = transports.for_node(node)
     for sha in mine:
-        settled.durable_copies[sha] = n = copies.get(sha, 0)
+        pending = [r for r in staged if r.sha256 == sha]
+        settled.durable_copies[sha] = n = (seen if pending else copies).get(sha, 0)
         if n < wanted:
             settled.under_replicated.append(sha)
             continue
-        for r in staged:
-            if r.sha256 == sha:
-                transport.remove(node, r.path)
-                catalog.drop_replicas(node.name, [(sha, r.path)])
+        for r in pending:
+            transport.remove(node, r.path)
+            catalog.drop_replicas(node.name, [(sha, r.path)])

@@ -47,8 +47,3 @@ def split_config(config: str) -> tuple[str, int]:
     """`hex8_2p` → (`hex8`, 2); the key must already be normalised."""
     board, n = config.rsplit("_", 1)
     return board, int(n.rstrip("p"))
-
-
-def config_of(board_type: str, num_players: int) -> str:
-    """The config key of a game row (board_type, num_players), normalised."""
-    return normalize_config(f"{board_type}_{num_players}p")
