@@ -38,6 +38,7 @@ bench: venv system-deps
 	$(BIN)/python bench/bench_transfer.py
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_elo.py
+	$(BIN)/python bench/bench_deficit.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -461,6 +461,41 @@ class Catalog(dg.ConfigurableResource):
         )
         return set(self._scalars(query))
 
+    def copies_at_risk(
+        self,
+        shas: Iterable[str],
+        durable_nodes: Collection[str],
+        holders: Collection[str],
+        at_risk: Collection[str],
+    ) -> list[sa.Row[Any]]:
+        """Per artifact of `shas` (those below policy): sha256, kind, config, size,
+        durable_copies, copies (nodes of `holders` with a verified or staged copy) and
+        safe_copies (those copies on a holder not `at_risk`). Served by the primary key
+        (sha256 first), so its cost follows len(shas), not the table; chunked to stay under
+        the databases' bound-parameter limits."""
+        a, r = artifacts, replicas
+        usable = r.c.state.in_(list(ReplicaState)) & r.c.node.in_(sorted(holders))
+        safe = usable & r.c.node.not_in(sorted(at_risk))
+
+        def distinct_nodes(where: sa.ColumnElement[bool], label: str) -> sa.Label[Any]:
+            return sa.func.count(sa.distinct(sa.case((where, r.c.node)))).label(label)
+
+        about = (a.c.sha256, a.c.kind, a.c.config, a.c.size)
+        query = (
+            sa.select(
+                *about,
+                distinct_nodes(_durable_copy(durable_nodes), "durable_copies"),
+                distinct_nodes(usable, "copies"),
+                distinct_nodes(safe, "safe_copies"),
+            )
+            .outerjoin(r, r.c.sha256 == a.c.sha256)
+            .group_by(*about)
+        )
+        wanted, rows = sorted(set(shas)), list[sa.Row[Any]]()
+        for start in range(0, len(wanted), 10_000):
+            rows += self._rows(query.where(a.c.sha256.in_(wanted[start : start + 10_000])))
+        return rows
+
     def durable_copy_counts(
         self,
         durable_nodes: Collection[str],

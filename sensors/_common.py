@@ -13,12 +13,20 @@ Decide = Callable[[dg.SensorEvaluationContext, Fleet, Catalog], Tick]
 
 
 def fleet_sensor(
-    name: str, interval_s: int, job_name: str | None = None
+    name: str,
+    interval_s: int,
+    job_name: str | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> Callable[[Decide], dg.SensorDefinition]:
     """A sensor deciding from the fleet and the catalog; an invalid inventory skips the tick."""
 
     def wrap(decide: Decide) -> dg.SensorDefinition:
-        @dg.sensor(name=name, minimum_interval_seconds=interval_s, job_name=job_name)
+        @dg.sensor(
+            name=name,
+            minimum_interval_seconds=interval_s,
+            job_name=job_name,
+            default_status=default_status,
+        )
         def tick(
             ctx: dg.SensorEvaluationContext, inventory: FleetInventory, catalog: Catalog
         ) -> Tick:

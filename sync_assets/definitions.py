@@ -8,9 +8,11 @@ from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
+from sensors.replication_deficit import replication_deficit
 from sensors.training_trigger import training_trigger
 from sync_assets.elo.assets import elo_matches, elo_on_node, elo_ratings
 from sync_assets.fleet.assets import node_status
+from sync_assets.fleet.repair import repair_replicas
 from sync_assets.games.assets import games_canonical, games_selfplay
 from sync_assets.models.assets import candidate_spec, models_on_node, models_promoted
 from sync_assets.training.assets import training_npz, training_npz_on_node
@@ -43,8 +45,9 @@ defs = dg.Definitions(
         elo_ratings,
         elo_on_node,
     ],
-    jobs=JOBS,
-    sensors=[node_discovery, training_trigger, model_promotion],
+    # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
+    jobs=[*JOBS, repair_replicas],
+    sensors=[node_discovery, training_trigger, model_promotion, replication_deficit],
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),

@@ -70,7 +70,6 @@ CONTRACT_SENSORS = [
 # xfail: when one lands, its test passes unexpectedly and fails the run until it is
 # removed from here.
 SENSORS_NOT_BUILT_YET = {
-    "replication_deficit",
     "ephemeral_sync",
     "disk_pressure",
     "idle_shutdown",

@@ -1,0 +1,169 @@
+"""`replication_deficit`: artifacts below policy → `repair_replicas` runs, riskiest first.
+
+Bounded per tick: two catalog queries (`below_policy`, then `copies_at_risk` for those
+artifacts only) and the small alias tables; no transports. The decision is the pure
+`plan_repairs` below, in this module because nothing else decides repairs: the planner
+(`engine.placement`) still chooses sources and targets when the repair run executes.
+
+One run per artifact, at most `REPAIRS_PER_TICK` a tick. Its run key holds the hour
+bucket, so a repair that failed or was blocked is requested again in the next bucket;
+the cursor remembers what this bucket already requested, so the next tick moves on to
+the next riskiest instead of re-requesting run keys Dagster would skip.
+"""
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Self
+
+import dagster as dg
+
+from resources.catalog import Catalog
+from sensors._common import Tick, fleet_sensor
+from sync_assets.engine.placement import (
+    PRIORITY_BELOW_POLICY,
+    PRIORITY_ONLY_EPHEMERAL,
+    PRIORITY_SINGLE_COPY,
+)
+from sync_assets.engine.replication import node_names, unavailable_nodes
+from sync_assets.fleet.inventory import Fleet
+from sync_assets.fleet.repair import ONE_PATH_PER_CONFIG, repair_run_config
+from sync_assets.kinds import min_replicas_by_kind
+
+REPAIRS_PER_TICK = 20  # K: runs requested per tick
+RETRY_AFTER_S = 3600  # a repair not done is requested again in the next bucket
+RISK_NAMES = {
+    PRIORITY_ONLY_EPHEMERAL: "last copy on an ephemeral or suspect node",
+    PRIORITY_SINGLE_COPY: "single copy",
+    PRIORITY_BELOW_POLICY: "below policy",
+}
+
+
+@dataclass(frozen=True)
+class Deficit:
+    """An artifact below policy, as the catalog counts its copies."""
+
+    sha256: str
+    kind: str
+    size: int
+    durable_copies: int
+    required: int
+    copies: int  # nodes holding a verified or staged copy
+    safe_copies: int  # of those, on nodes neither ephemeral nor suspect
+    current: bool = True  # False: an older version of a file rewritten in place
+
+
+@dataclass(frozen=True)
+class RepairCursor:
+    bucket: int  # int(now // RETRY_AFTER_S) of the tick that wrote it
+    requested: frozenset[str]  # artifacts whose repair this bucket already requested
+
+    def to_json(self) -> str:
+        return json.dumps({"bucket": self.bucket, "requested": sorted(self.requested)})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Self:
+        if not text:
+            return cls(-1, frozenset())
+        data = json.loads(text)
+        return cls(int(data["bucket"]), frozenset(data["requested"]))
+
+
+def risk(deficit: Deficit) -> int:
+    """The planner's priority: no safe copy, then a single copy, then below policy."""
+    if deficit.safe_copies == 0:
+        return PRIORITY_ONLY_EPHEMERAL
+    if deficit.copies == 1:
+        return PRIORITY_SINGLE_COPY
+    return PRIORITY_BELOW_POLICY
+
+
+def plan_repairs(
+    deficits: Iterable[Deficit],
+    cursor: RepairCursor,
+    now: float,
+    limit: int = REPAIRS_PER_TICK,
+    retry_after_s: float = RETRY_AFTER_S,
+) -> tuple[list[Deficit], RepairCursor]:
+    """The next `limit` repairs, riskiest first (then largest, then by sha256), and the
+    cursor after them. Skipped: artifacts with no copy to copy from, superseded versions,
+    and those already requested in this retry bucket."""
+    bucket = int(now // retry_after_s)
+    deficits = list(deficits)
+    still_short = {d.sha256 for d in deficits}
+    # Same bucket: keep what is still short (a repaired artifact leaves the cursor).
+    done = cursor.requested & still_short if cursor.bucket == bucket else frozenset()
+    todo = sorted(
+        (d for d in deficits if d.copies > 0 and d.current and d.sha256 not in done),
+        key=lambda d: (risk(d), -d.size, d.sha256),
+    )
+    chosen = todo[: max(limit, 0)]
+    return chosen, RepairCursor(bucket, done | {d.sha256 for d in chosen})
+
+
+def run_key(sha256: str, bucket: int) -> str:
+    return f"repair:{sha256}:{bucket}"
+
+
+# ---- Dagster --------------------------------------------------------------------------
+
+
+def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
+    """Bounded catalog reads: the artifacts below policy, then their copies' risk."""
+    min_replicas = min_replicas_by_kind(fleet)
+    durable = node_names(fleet.durable_nodes)
+    short = catalog.below_policy(min_replicas, durable)
+    if not short:
+        return []
+    # Suspect: the last probe missed it (or its breaker is open).
+    at_risk = {n.name for n in fleet.nodes if n.ephemeral} | unavailable_nodes(catalog)
+    current = {sha for k in ONE_PATH_PER_CONFIG for sha in catalog.aliases(k.alias).values()}
+    one_path = {k.name for k in ONE_PATH_PER_CONFIG}
+    return [
+        Deficit(
+            sha256=row.sha256,
+            kind=row.kind,
+            size=int(row.size),
+            durable_copies=int(row.durable_copies),
+            required=min_replicas.get(row.kind, 0),
+            copies=int(row.copies),
+            safe_copies=int(row.safe_copies),
+            current=row.kind not in one_path or row.sha256 in current,
+        )
+        for row in catalog.copies_at_risk(short, durable, node_names(fleet.nodes), at_risk)
+    ]
+
+
+@fleet_sensor(
+    "replication_deficit",
+    60,
+    job_name="repair_replicas",
+    default_status=dg.DefaultSensorStatus.RUNNING,  # it only copies and verifies
+)
+def replication_deficit(
+    context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog
+) -> Tick:
+    deficits = _deficits(fleet, catalog)
+    chosen, cursor = plan_repairs(deficits, RepairCursor.from_json(context.cursor), time.time())
+    if not chosen:
+        return dg.SkipReason(
+            f"{len(deficits)} artifact(s) below policy, none to request now"
+            if deficits
+            else "every artifact meets policy"
+        )
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key(d.sha256, cursor.bucket),
+                run_config=repair_run_config([d.sha256]),
+                tags={
+                    "fleetsync/sha256": d.sha256,
+                    "fleetsync/risk": RISK_NAMES[risk(d)],
+                    "fleetsync/durable_copies": f"{d.durable_copies}/{d.required}",
+                },
+            )
+            for d in chosen
+        ],
+        cursor=cursor.to_json(),
+    )

@@ -1,0 +1,80 @@
+"""replication_deficit + repair_replicas on a local demo fleet: a durable copy deleted
+behind fleetsync's back (and dropped from the catalog, as an audit would) comes back."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+
+from resources.catalog import Catalog
+from resources.inventory import FleetInventory
+from resources.transport import Transports
+from sensors.replication_deficit import replication_deficit
+from sync_assets.definitions import defs
+from sync_assets.demo.pipeline import build_demo_fleet
+from sync_assets.fleet.inventory import load_inventory
+from sync_assets.fleet.repair import repair_replicas
+from sync_assets.games.collect import SNAPSHOT_KIND, collect_node_games
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_deleted_durable_copy_is_requested_and_repaired(tmp_path):
+    fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=20)
+    fleet = load_inventory(fleet_file)
+    catalog = Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
+    transports = Transports()
+    resources = {
+        "inventory": FleetInventory(path=str(fleet_file)),
+        "catalog": catalog,
+        "transports": transports,
+    }
+    for node in fleet.nodes:
+        assert not collect_node_games(node, fleet, catalog, transports).replication.failures
+
+    snapshots = catalog.artifacts_of(SNAPSHOT_KIND)
+    on_store = [r for r in catalog.replicas_of(snapshots) if r.node == "store-1"]
+    assert len(on_store) == len(snapshots) >= 2
+    victim = on_store[0]
+    victim_file = Path(fleet.node("store-1").data_root) / victim.path
+
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
+            # No transports: the sensor reads the catalog only.
+            reads = {key: resources[key] for key in ("inventory", "catalog")}
+            ctx = dg.build_sensor_context(instance=instance, resources=reads, cursor=cursor)
+            return replication_deficit(ctx)
+
+        assert isinstance(tick(), dg.SkipReason)  # a fleet in order requests nothing
+
+        victim_file.unlink()
+        assert catalog.drop_replicas("store-1", [(victim.sha256, victim.path)]) == 1
+
+        requested = tick()
+        assert isinstance(requested, dg.SensorResult)
+        [run] = requested.run_requests
+        assert run.run_config == {"ops": {"repair": {"config": {"shas": [victim.sha256]}}}}
+        assert victim.sha256 in run.run_key
+        assert run.tags["fleetsync/risk"] == "single copy"
+
+        done = repair_replicas.execute_in_process(
+            run_config=run.run_config, instance=instance, resources=resources
+        )
+        assert done.success
+
+        assert _sha256(victim_file) == victim.sha256
+        holders = {r.node for r in catalog.replicas_of([victim.sha256])}
+        assert holders == {"coord-1", "store-1"}
+        assert isinstance(tick(requested.cursor), dg.SkipReason)
+        assert isinstance(tick(), dg.SkipReason)  # nothing left, with or without a cursor
+
+
+def test_sensor_is_on_by_default_and_targets_the_repair_job():
+    sensor = defs.resolve_sensor_def("replication_deficit")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "repair_replicas"
