@@ -38,7 +38,7 @@ import dagster as dg  # noqa: E402
 
 from resources.catalog import Catalog  # noqa: E402
 from resources.inventory import FleetInventory  # noqa: E402
-from sensors.replication_deficit import REPAIRS_PER_TICK, replication_deficit  # noqa: E402
+from sensors.replication_deficit import ARTIFACTS_PER_RUN, RUNS_PER_TICK, replication_deficit  # noqa: E402
 
 BENCH_DOC = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "## replication_deficit tick"
@@ -200,7 +200,8 @@ def main() -> int:
             f"with none: their last copy on a GPU node). Alternating, best of {args.runs}. "
             f"The tick is the whole sensor evaluation (`build_sensor_context`): inventory read, "
             f"`Catalog.below_policy`, `Catalog.copies_at_risk` for those artifacts, alias "
-            f"reads, the pure ordering, {REPAIRS_PER_TICK} run requests. Most of the tick is "
+            f"reads, the pure ordering, {RUNS_PER_TICK} run requests of {ARTIFACTS_PER_RUN} "
+            "artifacts. Most of the tick is "
             "the one `GROUP BY` in `below_policy`, the same work as the bare query: the 2 s "
             "goal follows the bare query's time on the machine.\n\n"
             "| query | best s | runs s |\n|---|---|---|\n"

@@ -5,10 +5,12 @@ artifacts only) and the small alias tables; no transports. The decision is the p
 `plan_repairs` below, in this module because nothing else decides repairs: the planner
 (`engine.placement`) still chooses sources and targets when the repair run executes.
 
-One run per artifact, at most `REPAIRS_PER_TICK` a tick. Its run key holds the hour
-bucket, so a repair that failed or was blocked is requested again in the next bucket;
-the cursor remembers what this bucket already requested, so the next tick moves on to
-the next riskiest instead of re-requesting run keys Dagster would skip.
+At most `RUNS_PER_TICK` runs a tick, each repairing up to `ARTIFACTS_PER_RUN` artifacts
+in risk order (a lost node's 10,000 copies take 20 ticks, not 10,000 runs). A run's key is
+its first artifact and the hour bucket, so a repair that failed or was blocked is
+requested again in the next bucket; the cursor remembers what this bucket already
+requested, so the next tick moves on to the next riskiest instead of re-requesting run
+keys Dagster would skip.
 """
 
 import json
@@ -31,7 +33,8 @@ from sync_assets.fleet.inventory import Fleet
 from sync_assets.fleet.repair import ONE_PATH_PER_CONFIG, repair_run_config
 from sync_assets.kinds import min_replicas_by_kind
 
-REPAIRS_PER_TICK = 20  # K: runs requested per tick
+RUNS_PER_TICK = 10  # K
+ARTIFACTS_PER_RUN = 50
 RETRY_AFTER_S = 3600  # a repair not done is requested again in the next bucket
 RISK_NAMES = {
     PRIORITY_ONLY_EPHEMERAL: "last copy on an ephemeral or suspect node",
@@ -83,12 +86,13 @@ def plan_repairs(
     deficits: Iterable[Deficit],
     cursor: RepairCursor,
     now: float,
-    limit: int = REPAIRS_PER_TICK,
+    runs: int = RUNS_PER_TICK,
+    per_run: int = ARTIFACTS_PER_RUN,
     retry_after_s: float = RETRY_AFTER_S,
-) -> tuple[list[Deficit], RepairCursor]:
-    """The next `limit` repairs, riskiest first (then largest, then by sha256), and the
-    cursor after them. Skipped: artifacts with no copy to copy from, superseded versions,
-    and those already requested in this retry bucket."""
+) -> tuple[list[list[Deficit]], RepairCursor]:
+    """The next repairs, riskiest first (then largest, then by sha256), in at most `runs`
+    batches of at most `per_run`, and the cursor after them. Skipped: artifacts with no
+    copy to copy from, superseded versions, and those already requested in this bucket."""
     bucket = int(now // retry_after_s)
     deficits = list(deficits)
     still_short = {d.sha256 for d in deficits}
@@ -97,13 +101,14 @@ def plan_repairs(
     todo = sorted(
         (d for d in deficits if d.copies > 0 and d.current and d.sha256 not in done),
         key=lambda d: (risk(d), -d.size, d.sha256),
-    )
-    chosen = todo[: max(limit, 0)]
-    return chosen, RepairCursor(bucket, done | {d.sha256 for d in chosen})
+    )[: max(runs, 0) * per_run]
+    batches = [todo[start : start + per_run] for start in range(0, len(todo), per_run)]
+    return batches, RepairCursor(bucket, done | {d.sha256 for d in todo})
 
 
-def run_key(sha256: str, bucket: int) -> str:
-    return f"repair:{sha256}:{bucket}"
+def run_key(batch: list[Deficit], bucket: int) -> str:
+    """Unique within a bucket: the cursor never requests an artifact twice in one."""
+    return f"repair:{batch[0].sha256}:{bucket}"
 
 
 # ---- Dagster --------------------------------------------------------------------------
@@ -145,8 +150,8 @@ def replication_deficit(
     context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog
 ) -> Tick:
     deficits = _deficits(fleet, catalog)
-    chosen, cursor = plan_repairs(deficits, RepairCursor.from_json(context.cursor), time.time())
-    if not chosen:
+    batches, cursor = plan_repairs(deficits, RepairCursor.from_json(context.cursor), time.time())
+    if not batches:
         return dg.SkipReason(
             f"{len(deficits)} artifact(s) below policy, none to request now"
             if deficits
@@ -155,15 +160,14 @@ def replication_deficit(
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=run_key(d.sha256, cursor.bucket),
-                run_config=repair_run_config([d.sha256]),
+                run_key=run_key(batch, cursor.bucket),
+                run_config=repair_run_config([d.sha256 for d in batch]),
                 tags={
-                    "fleetsync/sha256": d.sha256,
-                    "fleetsync/risk": RISK_NAMES[risk(d)],
-                    "fleetsync/durable_copies": f"{d.durable_copies}/{d.required}",
+                    "fleetsync/artifacts": str(len(batch)),
+                    "fleetsync/risk": RISK_NAMES[risk(batch[0])],  # its riskiest
                 },
             )
-            for d in chosen
+            for batch in batches
         ],
         cursor=cursor.to_json(),
     )

@@ -56,34 +56,43 @@ def oracle(table: list[Deficit], already: set[str], limit: int) -> list[str]:
     table=deficit_tables(),
     requested=st.sets(st.sampled_from(SHAS), max_size=10),
     same_bucket=st.booleans(),
-    limit=st.integers(0, 8),
+    runs=st.integers(0, 4),
+    per_run=st.integers(1, 5),
     now=st.floats(0, 1e9),
 )
-def test_repairs_riskiest_first_at_most_k(table, requested, same_bucket, limit, now):
+def test_repairs_riskiest_first_at_most_k_runs(table, requested, same_bucket, runs, per_run, now):
     bucket = int(now // 3600)
     cursor = RepairCursor(bucket if same_bucket else bucket - 1, frozenset(requested))
-    chosen, after = plan_repairs(table, cursor, now, limit=limit, retry_after_s=3600)
+    batches, after = plan_repairs(
+        table, cursor, now, runs=runs, per_run=per_run, retry_after_s=3600
+    )
 
     already = requested if same_bucket else set()
-    assert [d.sha256 for d in chosen] == oracle(table, already, limit)
-    assert len(chosen) <= limit
+    flat = [d.sha256 for batch in batches for d in batch]
+    assert flat == oracle(table, already, runs * per_run)
+    assert len(batches) <= runs
+    assert all(1 <= len(batch) <= per_run for batch in batches)
+    assert all(len(batch) == per_run for batch in batches[:-1])  # only the last is short
+    # Run keys unique within the bucket.
+    assert len({run_key(batch, bucket) for batch in batches}) == len(batches)
     # The cursor: this bucket, what was requested before and is still short, plus now.
     short = {d.sha256 for d in table}
     assert after.bucket == bucket
-    assert after.requested == (already & short) | {d.sha256 for d in chosen}
+    assert after.requested == (already & short) | set(flat)
     assert RepairCursor.from_json(after.to_json()) == after
 
 
 @settings(max_examples=500, deadline=None)
-@given(table=deficit_tables(), limit=st.integers(1, 5))
-def test_successive_ticks_request_each_repairable_deficit_once_per_bucket(table, limit):
+@given(table=deficit_tables(), runs=st.integers(1, 3), per_run=st.integers(1, 3))
+def test_successive_ticks_request_each_repairable_deficit_once_per_bucket(table, runs, per_run):
     """Ticks in one bucket walk the whole queue without repeating; the next bucket
-    (a later retry) starts over with new run keys."""
-    cursor, seen, now = RepairCursor.from_json(None), [], 7200.0
+    (a later retry) starts over, under new run keys."""
+    cursor, seen, keys, now = RepairCursor.from_json(None), [], set(), 7200.0
     for tick in range(len(table) + 1):
-        chosen, cursor = plan_repairs(table, cursor, now + tick, limit=limit)
-        seen += [d.sha256 for d in chosen]
+        batches, cursor = plan_repairs(table, cursor, now + tick, runs=runs, per_run=per_run)
+        seen += [d.sha256 for batch in batches for d in batch]
+        keys |= {run_key(batch, cursor.bucket) for batch in batches}
     assert seen == oracle(table, set(), len(table))
-    retried, _ = plan_repairs(table, cursor, now + 3600, limit=limit)
-    assert [d.sha256 for d in retried] == oracle(table, set(), limit)
-    assert run_key(SHAS[0], 2) != run_key(SHAS[0], 3)
+    retried, after = plan_repairs(table, cursor, now + 3600, runs=runs, per_run=per_run)
+    assert [d.sha256 for b in retried for d in b] == oracle(table, set(), runs * per_run)
+    assert not keys & {run_key(batch, after.bucket) for batch in retried}
