@@ -28,7 +28,7 @@ from pydantic import Field
 
 from resources.transport.base import NodeProbe
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _Columns = TypeVarTuple("_Columns")
 
 
@@ -38,8 +38,16 @@ class ReplicaState(StrEnum):
 
 
 class NodeState(StrEnum):
+    """A node's lifecycle state (decided by `sync_assets.fleet.lifecycle`)."""
+
     ACTIVE = "active"
-    RETIRED = "retired"  # no longer in the inventory
+    SUSPECT = "suspect"  # a probe missed: its copies count, but are at risk
+    LOST = "lost"  # no answer for policy.lost_after_s: its copies no longer count
+    RETIRED = "retired"  # gone from the inventory, holds no last copy
+
+
+# THE states whose nodes' verified replicas count toward min_replicas.
+COUNTED_NODE_STATES = (NodeState.ACTIVE, NodeState.SUSPECT)
 
 
 metadata = sa.MetaData()
@@ -74,8 +82,23 @@ probes = sa.Table(
     sa.Column("disk_free_bytes", sa.BigInteger),
     sa.Column("gpu_util_percent", sa.Float),
     sa.Column("probe_error", sa.Text),
+    # The last probe that found the node reachable (one never reached: its first probe):
+    # the node lifecycle's "no successful probe since".
+    sa.Column("silent_since", sa.Float),
 )
-_PROBE_COLUMNS = [c.name for c in probes.columns if c.name != "node"]
+_PROBE_COLUMNS = [c.name for c in probes.columns if c.name not in ("node", "silent_since")]
+
+# Every node state change, oldest first: why a node's copies stopped (or started) counting.
+node_events = sa.Table(
+    "node_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(128), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("from_state", sa.String(16)),  # None: first recorded
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
 
 artifacts = sa.Table(
     "artifacts",
@@ -233,8 +256,8 @@ class Artifact(NamedTuple):
 
 def _durable_copy(durable_nodes: Collection[str]) -> sa.ColumnElement[bool]:
     """THE definition of a durable copy, used by every count: a verified replica on one of
-    `durable_nodes` (the inventory's durable nodes the caller trusts now; a node found
-    unreachable still counts until the caller leaves it out). Counted per distinct node."""
+    `durable_nodes` (the inventory's durable nodes whose copies count now, lost ones left
+    out: `sync_assets.engine.replication.counted_durable_nodes`). Counted per distinct node."""
     return (replicas.c.state == ReplicaState.VERIFIED) & replicas.c.node.in_(sorted(durable_nodes))
 
 
@@ -315,29 +338,60 @@ class Catalog(dg.ConfigurableResource):
     # --- nodes -------------------------------------------------------------------
 
     def sync_nodes(self, fleet_nodes: Sequence[Any]) -> None:
-        """Upsert inventory nodes as active; nodes no longer listed become retired. Node
+        """Record inventory nodes as they are described; a new one starts active, a known
+        one keeps its lifecycle state (the lifecycle decides it, never this). Node
         discovery's step: decisions take node roles from the inventory, never from here."""
-        names = {n.name for n in fleet_nodes}
         with self.engine.begin() as conn:
-            known = set(conn.scalars(sa.select(nodes.c.name)))
+            states = {r.name: r.state for r in conn.execute(sa.select(nodes.c.name, nodes.c.state))}
             for n in fleet_nodes:
                 values = {
                     "roles": ",".join(n.roles),
                     "durable": n.durable,
                     "ephemeral": n.ephemeral,
                     "provider": n.provider.kind,
-                    "state": NodeState.ACTIVE,
+                    "state": states.get(n.name, NodeState.ACTIVE),
                 }
                 _replace(conn, nodes, {"name": n.name}, values)
-            if gone := known - names:
-                retire = nodes.update().where(nodes.c.name.in_(gone))
-                conn.execute(retire.values(state=NodeState.RETIRED))
 
     def record_probe(self, node: str, probe: NodeProbe) -> None:
-        seen = asdict(probe) | {"last_probe_at": _now()}
+        now = _now()
+        seen = asdict(probe) | {"last_probe_at": now}
         seen["probe_error"] = seen.pop("error")
         with self.engine.begin() as conn:
+            before = conn.scalar(sa.select(probes.c.silent_since).where(probes.c.node == node))
+            seen["silent_since"] = now if probe.reachable or before is None else before
             _replace(conn, probes, {"node": node}, seen)
+
+    def node_lifecycle(self) -> dict[str, tuple[NodeState, float | None]]:
+        """Recorded node → (lifecycle state, time since which no probe succeeded)."""
+        query = sa.select(nodes.c.name, nodes.c.state, probes.c.silent_since).outerjoin(
+            probes, probes.c.node == nodes.c.name
+        )
+        return {r.name: (NodeState(r.state), r.silent_since) for r in self._rows(query)}
+
+    def set_node_states(self, changes: dict[str, tuple[NodeState, str]]) -> None:
+        """node → (new state, why): each real change is made and logged in `node_events`."""
+        now = _now()
+        with self.engine.begin() as conn:
+            states = {r.name: r.state for r in conn.execute(sa.select(nodes.c.name, nodes.c.state))}
+            for node, (state, reason) in sorted(changes.items()):
+                if node not in states or states[node] == state:
+                    continue
+                conn.execute(nodes.update().where(nodes.c.name == node).values(state=state))
+                conn.execute(
+                    node_events.insert().values(
+                        node=node, at=now, from_state=states[node], to_state=state, reason=reason
+                    )
+                )
+
+    def uncounted_nodes(self) -> frozenset[str]:
+        """Recorded nodes whose replicas do not count toward policy (lost, retired)."""
+        query = sa.select(nodes.c.name).where(nodes.c.state.not_in(COUNTED_NODE_STATES))
+        return frozenset(self._scalars(query))
+
+    def node_events_frame(self) -> pd.DataFrame:
+        """Every node state change, oldest first."""
+        return self._frame(sa.select(node_events).order_by(node_events.c.id))
 
     def nodes_frame(self) -> pd.DataFrame:
         """The recorded nodes, each with what its last probe saw (NaN: never probed)."""
@@ -842,11 +896,22 @@ def _v3_probes_apart_from_nodes(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE nodes DROP COLUMN {column}"))
 
 
+def _v4_probes_know_silent_since(conn: sa.Connection) -> None:
+    """v4 records since when a node has not answered (the node lifecycle's clock); a node
+    probed before starts that clock at its last probe."""
+    if not sa.inspect(conn).has_table(probes.name):
+        return  # `create_all` makes it
+    if "silent_since" not in {c["name"] for c in sa.inspect(conn).get_columns(probes.name)}:
+        conn.execute(sa.text("ALTER TABLE probes ADD COLUMN silent_since FLOAT"))
+    conn.execute(sa.text("UPDATE probes SET silent_since = last_probe_at"))
+
+
 # version → the step that brings a catalog from version - 1 to it. Tables and indexes
 # that are only new are made by `create_all` after the steps run.
 _MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_merges_by_canonical_version,
     3: _v3_probes_apart_from_nodes,
+    4: _v4_probes_know_silent_since,
 }
 
 

@@ -1,9 +1,11 @@
 """`node_discovery`: keep the `nodes` partitions in step with the inventory, in batches.
 
 One inventory read and bounded catalog queries per tick; no SSH. The one place that
-records the inventory's nodes in the catalog (`Catalog.sync_nodes`; a manual run does it
-with `fleet/node_status`). A node removed from the inventory keeps its partition until it
-holds no last copy of anything (retired only after evacuation).
+records the inventory's nodes in the catalog and applies the node lifecycle to them
+(`sync_inventory`: gone from the inventory -> lost, retired once it holds no last copy;
+suspect too long -> lost). A manual run does it with `fleet/node_status`. A node removed
+from the inventory keeps its partition until it holds no last copy of anything (retired
+only after evacuation).
 """
 
 from collections.abc import Iterable
@@ -12,6 +14,7 @@ import dagster as dg
 
 from resources.catalog import Catalog
 from sensors._common import Tick, fleet_sensor
+from sync_assets.engine.probe import sync_inventory
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.partitions import NODES, nodes_partitions
 
@@ -38,7 +41,7 @@ def node_discovery(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: C
     to_add, to_remove = partition_changes(
         (n.name for n in fleet.nodes), current, catalog.last_copy_holders(departed)
     )
-    catalog.sync_nodes(fleet.nodes)
+    sync_inventory(fleet, catalog)
     if not to_add and not to_remove:
         return dg.SkipReason(f"{len(current)} node partitions match the inventory")
     return dg.SensorResult(

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from resources.catalog import Catalog, ReplicaState
-from sync_assets.engine.replication import node_names
+from resources.catalog import Catalog, NodeState, ReplicaState
+from sync_assets.engine.replication import counted_durable_nodes
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.kinds import REPLACED_IN_PLACE, min_replicas_by_kind
 
@@ -17,11 +17,12 @@ from sync_assets.kinds import REPLACED_IN_PLACE, min_replicas_by_kind
 class FleetStatus:
     games: pd.DataFrame  # config, games, duplicates, rejected, collisions_kept
     replicas: pd.DataFrame  # kind, artifacts, verified copies, min/max durable copies
-    nodes: pd.DataFrame  # name, roles, state, reachable, disk_free_gb, copies held
+    nodes: pd.DataFrame  # name, roles, lifecycle state, reachable, disk_free_gb, copies held
     bytes_without_durable_copy: int  # data at risk: lost if its node vanishes
     bytes_below_policy: int  # fewer durable copies than policy asks for
-    # Meets policy only by counting copies on durable nodes that did not answer their
-    # last probe: those copies count until the node is declared lost, but are at risk.
+    # Meets policy only by counting copies on durable nodes that are suspect or did not
+    # answer their last probe: those copies count until the node is lost, but are at risk.
+    # (A lost node's copies do not count at all: its artifacts are below policy.)
     bytes_relying_on_unreachable: int
     bytes_moved: int  # all verified transfers ever recorded
 
@@ -35,9 +36,10 @@ def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
     in_place = artifacts.loc[artifacts["kind"].isin(REPLACED_IN_PLACE), "sha256"]
     copied = {r.sha256 for r in catalog.replicas_of(in_place, list(ReplicaState))}
     artifacts = artifacts[artifacts["sha256"].isin(copied) | ~artifacts["sha256"].isin(in_place)]
-    durable = node_names(fleet.durable_nodes)
+    durable = counted_durable_nodes(fleet, catalog)
     copies = catalog.durable_copy_counts(durable)
-    answering = catalog.durable_copy_counts(durable - catalog.unreachable_nodes())
+    suspect = set(nodes.loc[nodes["state"] == NodeState.SUSPECT, "name"])
+    answering = catalog.durable_copy_counts(durable - catalog.unreachable_nodes() - suspect)
     artifacts = artifacts.assign(
         durable_copies=[copies.get(sha, 0) for sha in artifacts["sha256"]],
         answering_copies=[answering.get(sha, 0) for sha in artifacts["sha256"]],

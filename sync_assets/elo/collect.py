@@ -44,7 +44,7 @@ from sync_assets.engine.live_db import (
     confirm_originated,
     snapshot_if_changed,
 )
-from sync_assets.engine.replication import ReplicationResult, node_names
+from sync_assets.engine.replication import ReplicationResult, counted_durable_nodes
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.kinds import ELO_SNAPSHOT
 
@@ -172,7 +172,7 @@ def union_all(fleet: Fleet, catalog: Catalog, transports: Transports) -> UnionRe
     primary = choose_primary(fleet, catalog)
     result.primary = primary.name
     with waiting_lease(catalog, UNION_LEASE):
-        durable = node_names(fleet.durable_nodes)
+        durable = counted_durable_nodes(fleet, catalog)
         collected = catalog.durable_copy_counts(durable, kind=SNAPSHOT_KIND)
         staged = stage(primary, collected, collected_path, fleet, catalog, transports)
         result.moved, left_out = staged.moved, staged.missing

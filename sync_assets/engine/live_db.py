@@ -23,6 +23,7 @@ from resources.transport.base import RemoteFile
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
+    counted_durable_nodes,
     node_names,
     replicate,
     unavailable_nodes,
@@ -132,7 +133,7 @@ def _release_staging(
     staged = catalog.replicas_of(mine, [ReplicaState.STAGING], [node.name])
     looked = confirm_holders(sorted({r.sha256 for r in staged}), fleet, catalog, transports)
     settled.replication.add(looked)
-    trusted = node_names(fleet.durable_nodes) - unavailable_nodes(catalog)
+    trusted = counted_durable_nodes(fleet, catalog) - unavailable_nodes(catalog)
     copies = catalog.durable_copy_counts(trusted - looked.unconfirmed_nodes, shas=mine)
     # A staging copy goes only on copies looked at just now: a node skipped while looking
     # (breaker open) may count as available a moment later, on the catalog's word alone.

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from resources.catalog import NodeState, ReplicaState
+from resources.catalog import COUNTED_NODE_STATES, ReplicaState
 
 GIB = 1024**3
 
@@ -60,7 +60,7 @@ def plan_replication(
     holders = _nodes_by_sha(counted)
     anywhere = _nodes_by_sha(usable)
     node_rows = nodes.set_index("name")
-    active = node_rows[node_rows["state"] == NodeState.ACTIVE]
+    active = node_rows[node_rows["state"].isin(COUNTED_NODE_STATES)]  # lost ones never count
     durable_active = {n for n in active.index if bool(active.at[n, "durable"])}
     durable_targets = sorted(durable_active - unavailable)
     ephemeral = set(active.index[active["ephemeral"].astype(bool)])

@@ -79,6 +79,12 @@ def node_names(nodes: Iterable[Node]) -> set[str]:
     return {n.name for n in nodes}
 
 
+def counted_durable_nodes(fleet: Fleet, catalog: Catalog) -> set[str]:
+    """The durable nodes whose verified copies count toward policy: the inventory's,
+    less those the node lifecycle declared lost. Every count of durable copies uses it."""
+    return node_names(fleet.durable_nodes) - catalog.uncounted_nodes()
+
+
 def copy_recorded(
     src: Node,
     dst: Node,
@@ -230,7 +236,7 @@ def replicate(
     result = ReplicationResult()
     pending = set(shas)
     for _ in range(MAX_REPLAN_ROUNDS):
-        wanted = pending & catalog.below_policy(min_replicas, node_names(fleet.durable_nodes))
+        wanted = pending & catalog.below_policy(min_replicas, counted_durable_nodes(fleet, catalog))
         if not wanted:
             break
         pending = _replicate_once(
@@ -242,21 +248,23 @@ def replicate(
 
 
 def _planning_nodes(fleet: Fleet, catalog: Catalog, transports: Transports) -> pd.DataFrame:
-    """The planner's node table: the inventory's nodes (active) with the disk space their
-    last probe saw. Durable nodes whose free space was never seen are probed first:
+    """The planner's node table: the inventory's nodes (lifecycle state) with the disk
+    space their last probe saw. Durable nodes whose free space was never seen are probed first:
     unknown space is not room, so the planner would give them nothing."""
     durable = node_names(fleet.durable_nodes)
     space = catalog.disk_space(durable)
     unknown = {n for n in durable if space.get(n, (None, None))[1] is None}
     for name in sorted(unknown - unavailable_nodes(catalog)):
-        probe_and_record(fleet.node(name), catalog, transports)
+        probe_and_record(fleet.node(name), fleet, catalog, transports)
     if unknown:
         space = catalog.disk_space(durable)
     columns = ["name", "durable", "ephemeral", "state", "disk_total_bytes", "disk_free_bytes"]
+    states = {name: state for name, (state, _) in catalog.node_lifecycle().items()}
     rows = [
-        (n.name, n.durable, n.ephemeral, NodeState.ACTIVE, *space.get(n.name, (None, None)))
+        (n.name, n.durable, n.ephemeral, states.get(n.name, NodeState.ACTIVE),
+         *space.get(n.name, (None, None)))
         for n in fleet.nodes
-    ]
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns).astype(
         {"disk_total_bytes": float, "disk_free_bytes": float}
     )

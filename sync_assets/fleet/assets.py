@@ -6,7 +6,7 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sync_assets import metadata as meta
-from sync_assets.engine.probe import probe_and_record
+from sync_assets.engine.probe import probe_and_record, sync_inventory
 
 GIB = 1024**3
 NODE_STATUS = dg.AssetKey(["fleet", "node_status"])
@@ -27,8 +27,8 @@ def node_status(
     transports: Transports,
 ) -> dg.MaterializeResult:
     fleet, node = meta.partition_node(context, inventory)
-    catalog.sync_nodes(fleet.nodes)
-    probe = probe_and_record(node, catalog, transports)
+    sync_inventory(fleet, catalog)
+    probe = probe_and_record(node, fleet, catalog, transports)
     metadata: dict[str, dg.RawMetadataValue] = {
         "reachable": probe.reachable,
         "gpu_util_percent": (

@@ -33,6 +33,7 @@ from sync_assets.engine.consolidate import StagedCopy, choose_primary, stage
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
+    counted_durable_nodes,
     node_names,
     replicate,
     unavailable_nodes,
@@ -108,7 +109,7 @@ def merge_canonical(
             base = _version_on(primary, target, catalog, transports)
         result.base_sha256 = base
         holds = catalog.canonical_contents(base) if base else set()
-        durable = node_names(fleet.durable_nodes)
+        durable = counted_durable_nodes(fleet, catalog)
         todo = catalog.snapshots_to_merge(config, durable) - holds
         merged: dict[str, dict[str, Any]] = {}
         failure: TransferError | None = None

@@ -29,6 +29,7 @@ from resources.transport import Transports
 from sync_assets.engine.replication import (
     ReplicationResult,
     confirm_holders,
+    counted_durable_nodes,
     distribute,
     node_names,
     replicate,
@@ -114,7 +115,7 @@ def export_npz(
             result.moved.add(
                 replicate([sha], fleet, catalog, transports, lambda _row: shard_path(config, sha))
             )
-            durable = node_names(fleet.durable_nodes)
+            durable = counted_durable_nodes(fleet, catalog)
             result.durable_copies = catalog.durable_copy_counts(durable, shas=[sha]).get(sha, 0)
         if result.exported is not None and result.exported.ok and result.durable_copies:
             catalog.set_alias(NPZ_ALIAS, config, result.exported.sha256)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resources.catalog import SCHEMA_VERSION, Catalog, LeaseHeld, Replica
+from resources.catalog import SCHEMA_VERSION, Catalog, LeaseHeld, NodeState, Replica
 from sensors.node_discovery import partition_changes
 from sync_assets.fleet.inventory import Node
 
@@ -136,14 +136,18 @@ def test_expired_lease_of_a_dead_holder_is_taken_over(catalog):
         assert holder != "dead:1"
 
 
-def test_sync_nodes_retires_departed_nodes(catalog, tmp_path):
+def test_sync_nodes_registers_new_nodes_active_and_keeps_lifecycle_states(catalog, tmp_path):
+    """Departures and every other state change are the node lifecycle's
+    (tests/unit/test_catalog_lifecycle.py), never reset here."""
+
     def n(name):
         return Node(name=name, transport="local", roles=["storage"], data_root=str(tmp_path))
 
     catalog.sync_nodes([n("a"), n("b")])
-    catalog.sync_nodes([n("a")])
+    catalog.set_node_states({"b": (NodeState.LOST, "no answer")})
+    catalog.sync_nodes([n("a"), n("b")])
     states = catalog.nodes_frame().set_index("name")["state"].to_dict()
-    assert states == {"a": "active", "b": "retired"}
+    assert states == {"a": "active", "b": "lost"}
 
 
 def test_node_discovery_adds_in_batches_and_keeps_last_copy_holders():

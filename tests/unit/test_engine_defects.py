@@ -459,7 +459,7 @@ def test_an_unreachable_primary_does_not_stall_the_merge(tmp_path: Path) -> None
     first = merge_canonical("hex8_2p", fleet, catalog, transports)
     gone = root_of(fleet, str(first.primary))
     gone.rename(gone.with_name(gone.name + ".away"))  # the primary stops answering
-    probe_and_record(fleet.node(str(first.primary)), catalog, transports)
+    probe_and_record(fleet.node(str(first.primary)), fleet, catalog, transports)
     write_games(root_of(fleet, "gpu-1") / "games" / "gauntlet_hex8_2p.db", [("late", "hex8", 2)])
     collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
 
