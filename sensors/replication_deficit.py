@@ -21,14 +21,14 @@ from typing import Self
 
 import dagster as dg
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, NodeState
 from sensors._common import Tick, fleet_sensor
 from sync_assets.engine.placement import (
     PRIORITY_BELOW_POLICY,
     PRIORITY_ONLY_EPHEMERAL,
     PRIORITY_SINGLE_COPY,
 )
-from sync_assets.engine.replication import node_names, unavailable_nodes
+from sync_assets.engine.replication import counted_durable_nodes, node_names, unavailable_nodes
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.fleet.repair import ONE_PATH_PER_CONFIG, repair_run_config
 from sync_assets.kinds import min_replicas_by_kind
@@ -36,6 +36,7 @@ from sync_assets.kinds import min_replicas_by_kind
 RUNS_PER_TICK = 10  # K
 ARTIFACTS_PER_RUN = 50
 RETRY_AFTER_S = 3600  # a repair not done is requested again in the next bucket
+ACTIVE = NodeState.ACTIVE
 RISK_NAMES = {
     PRIORITY_ONLY_EPHEMERAL: "last copy on an ephemeral or suspect node",
     PRIORITY_SINGLE_COPY: "single copy",
@@ -52,8 +53,8 @@ class Deficit:
     size: int
     durable_copies: int
     required: int
-    copies: int  # nodes holding a verified or staged copy
-    safe_copies: int  # of those, on nodes neither ephemeral nor suspect
+    copies: int  # nodes that can serve a copy (verified or staged): active, reachable
+    safe_copies: int  # of those, the nodes not ephemeral
     current: bool = True  # False: an older version of a file rewritten in place
 
 
@@ -117,12 +118,15 @@ def run_key(batch: list[Deficit], bucket: int) -> str:
 def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
     """Bounded catalog reads: the artifacts below policy, then their copies' risk."""
     min_replicas = min_replicas_by_kind(fleet)
-    durable = node_names(fleet.durable_nodes)
+    durable = counted_durable_nodes(fleet, catalog)  # as `replicate` counts: lost ones not
     short = catalog.below_policy(min_replicas, durable)
     if not short:
         return []
-    # Suspect: the last probe missed it (or its breaker is open).
-    at_risk = {n.name for n in fleet.nodes if n.ephemeral} | unavailable_nodes(catalog)
+    # Copies count as the planner's sources do: on active nodes, reachable, breaker
+    # closed. A copy on a suspect node is at risk: it serves nothing until audited.
+    not_active = {n for n, (state, _) in catalog.node_lifecycle().items() if state != ACTIVE}
+    holders = node_names(fleet.nodes) - not_active - unavailable_nodes(catalog)
+    ephemeral = {n.name for n in fleet.nodes if n.ephemeral}
     current = {sha for k in ONE_PATH_PER_CONFIG for sha in catalog.aliases(k.alias).values()}
     one_path = {k.name for k in ONE_PATH_PER_CONFIG}
     return [
@@ -136,7 +140,7 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
             safe_copies=int(row.safe_copies),
             current=row.kind not in one_path or row.sha256 in current,
         )
-        for row in catalog.copies_at_risk(short, durable, node_names(fleet.nodes), at_risk)
+        for row in catalog.copies_at_risk(short, durable, holders, ephemeral)
     ]
 
 
