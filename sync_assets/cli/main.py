@@ -104,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from sync_assets.cli.report import add_report_parser
+    from sync_assets.cli.sync import add_sync_parser
 
     add_report_parser(sub)
+    add_sync_parser(sub)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""`fleetsync sync` as a user runs it, on a local demo fleet and a fresh Dagster instance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync_assets.demo.pipeline import build_demo_fleet
+from sync_assets.fleet.inventory import load_inventory
+
+REPO = Path(__file__).resolve().parents[2]
+FLEETSYNC = str(Path(sys.executable).parent / "fleetsync")
+
+
+@pytest.fixture
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home)
+    fleet_file = build_demo_fleet(tmp_path / "demo", 4, 20)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "FLEETSYNC_FLEET": str(fleet_file)}
+    env.pop("FLEETSYNC_CATALOG_URL", None)
+    return env
+
+
+def games_in(db: Path) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM games").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_sync_games_all_collects_every_game_db_onto_every_durable_node(demo_env, tmp_path):
+    argv = [FLEETSYNC, "sync", "games", "--targets", "all", "--priority", "high"]
+    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "Traceback" not in out
+    fleet = load_inventory(demo_env["FLEETSYNC_FLEET"])
+    assert [line for line in done.stdout.splitlines() if line.startswith("node ")] == [
+        f"node {n.name}: ok" for n in fleet.nodes
+    ]
+    assert "sync games: 4 of 4 target(s) ok" in done.stdout
+
+    # Independently: each self-play DB has a snapshot with as many games on each durable node.
+    sources = [
+        db
+        for n in fleet.nodes
+        for db in sorted(Path(n.data_root, "games").glob("*.db"))
+        if "selfplay" in n.roles
+    ]
+    assert sources
+    for durable in fleet.durable_nodes:
+        for db in sources:
+            node = db.parents[1].name
+            copies = list(
+                Path(durable.data_root, "games", "collected", node).glob(f"{db.stem}.*.db")
+            )
+            assert len(copies) == 1, (durable.name, db)
+            assert games_in(copies[0]) == games_in(db) > 0
+
+    # The runs are on the instance (so in the UI), tagged as urgent syncs of games.
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(demo_env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs()
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(n.name for n in fleet.nodes)
+    assert {(r.job_name, r.tags["dagster/priority"], r.tags["fleetsync/sync"]) for r in runs} == {
+        ("collect_games", "10", "games")
+    }
+
+
+def test_sync_unknown_target_exits_2_naming_it_and_runs_nothing(demo_env):
+    argv = [FLEETSYNC, "sync", "status", "--targets", "gpu-1,nosuch"]
+    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "targets: unknown node(s): nosuch" in done.stderr
+    assert not (Path(demo_env["DAGSTER_HOME"]) / "history").exists()
+
+
+def test_sync_with_an_invalid_inventory_prints_its_problems(demo_env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fleet: x\nnodes:\n  - name: gpu-1\n    transport: ssh\n"
+                   "    roles: [selfplay]\n    data_root: /data\n")  # fmt: skip
+    env = {**demo_env, "FLEETSYNC_FLEET": str(bad)}
+    done = subprocess.run([FLEETSYNC, "sync", "games"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"{bad}: node gpu-1: host: required when transport is ssh" in done.stderr
+
+
+def test_sync_url_is_refused_clearly(demo_env):
+    argv = [FLEETSYNC, "sync", "games", "--url", "http://localhost:3000"]
+    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True)
+    assert done.returncode == 2 and "not supported yet" in done.stderr
+
+
+def test_sync_in_python_returns_each_targets_outcome_and_never_raises(demo_env, monkeypatch):
+    import dagster as dg
+    import yaml
+
+    from sync_assets import sync
+
+    # gpu-1's data root is a file: its collection fails (after its retries), train-1's not.
+    fleet_file = Path(demo_env["FLEETSYNC_FLEET"])
+    broken_root = fleet_file.parent / "not-a-directory"
+    broken_root.write_text("")
+    doc = yaml.safe_load(fleet_file.read_text())
+    for entry in doc["nodes"]:
+        if entry["name"] == "gpu-1":
+            entry["data_root"] = str(broken_root)
+    fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("FLEETSYNC_FLEET", str(fleet_file))
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = sync("games", targets=["gpu-1", "train-1"], priority="high", instance=instance)
+        assert set(instance.get_dynamic_partitions("nodes")) == {n["name"] for n in doc["nodes"]}
+    assert [(t.node, t.ok) for t in result.targets] == [("train-1", True), ("gpu-1", False)]
+    reason = result.failed[0].reason
+    assert "gpu-1" in reason and "not a directory" in reason and "max_retries" not in reason
+    assert not result.ok and not result.problems
+
+    refused = sync("games", targets="gpu-1,nosuch")  # one string: as on the command line
+    assert refused.usage and refused.targets == ()
+    assert refused.problems[0].startswith("targets: unknown node(s): nosuch (")
