@@ -36,7 +36,6 @@ from sync_assets.kinds import min_replicas_by_kind
 RUNS_PER_TICK = 10  # K
 ARTIFACTS_PER_RUN = 50
 RETRY_AFTER_S = 3600  # a repair not done is requested again in the next bucket
-ACTIVE = NodeState.ACTIVE
 RISK_NAMES = {
     PRIORITY_ONLY_EPHEMERAL: "last copy on an ephemeral or suspect node",
     PRIORITY_SINGLE_COPY: "single copy",
@@ -124,7 +123,8 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
         return []
     # Copies count as the planner's sources do: on active nodes, reachable, breaker
     # closed. A copy on a suspect node is at risk: it serves nothing until audited.
-    not_active = {n for n, (state, _) in catalog.node_lifecycle().items() if state != ACTIVE}
+    lifecycle = catalog.node_lifecycle()
+    not_active = {n for n, (state, _) in lifecycle.items() if state != NodeState.ACTIVE}
     holders = node_names(fleet.nodes) - not_active - unavailable_nodes(catalog)
     ephemeral = {n.name for n in fleet.nodes if n.ephemeral}
     current = {sha for k in ONE_PATH_PER_CONFIG for sha in catalog.aliases(k.alias).values()}

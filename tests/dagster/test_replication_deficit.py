@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, NodeState
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors.replication_deficit import replication_deficit
@@ -72,6 +72,43 @@ def test_deleted_durable_copy_is_requested_and_repaired(tmp_path):
         assert holders == {"coord-1", "store-1"}
         assert isinstance(tick(requested.cursor), dg.SkipReason)
         assert isinstance(tick(), dg.SkipReason)  # nothing left, with or without a cursor
+
+
+def test_copies_on_a_lost_node_stop_counting_and_suspect_ones_serve_nothing(tmp_path):
+    """The sensor counts as the lifecycle says: a lost durable node leaves every snapshot
+    short (single copies); with the other durable node suspect too, nothing can serve."""
+    fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=10)
+    fleet = load_inventory(fleet_file)
+    catalog = Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
+    for node in fleet.nodes:
+        collect_node_games(node, fleet, catalog, Transports())
+    catalog.sync_nodes(fleet.nodes)
+    snapshots = set(catalog.artifacts_of(SNAPSHOT_KIND))
+    reads = {"inventory": FleetInventory(path=str(fleet_file)), "catalog": catalog}
+
+    with dg.instance_for_test() as instance:
+
+        def tick() -> dg.SensorResult | dg.SkipReason:
+            return replication_deficit(dg.build_sensor_context(instance=instance, resources=reads))
+
+        assert isinstance(tick(), dg.SkipReason)
+        catalog.set_node_states({"store-1": (NodeState.LOST, "test: silent too long")})
+        requested = tick()
+        assert isinstance(requested, dg.SensorResult)
+        shas = [
+            sha
+            for run in requested.run_requests
+            for sha in run.run_config["ops"]["repair"]["config"]["shas"]
+        ]
+        assert sorted(shas) == sorted(snapshots)
+        assert {run.tags["fleetsync/risk"] for run in requested.run_requests} == {"single copy"}
+
+        catalog.set_node_states({"coord-1": (NodeState.SUSPECT, "test: a probe missed")})
+        skipped = tick()
+        assert isinstance(skipped, dg.SkipReason)
+        assert f"{len(snapshots)} artifact(s) below policy, none to request now" in str(
+            skipped.skip_message
+        )
 
 
 def test_sensor_is_on_by_default_and_targets_the_repair_job():
