@@ -111,7 +111,7 @@ def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Tr
         return
     # Every copy looked for and gone: ratings are derived data, rebuilt config by config
     # from the matches, so starting from an empty file loses nothing that still exists.
-    if catalog.has_copy(current, node_names(fleet.nodes)):
+    if catalog.has_copy(current, node_names(fleet.nodes) - catalog.uncounted_nodes()):
         raise TransferError(
             f"node {primary.name}: cannot get the current {RATINGS_DB} ({current[:16]}) here "
             f"({'; '.join(moved.failures) or 'no reachable copy'}); not writing ratings, "

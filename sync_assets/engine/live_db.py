@@ -67,7 +67,8 @@ def snapshot_if_changed(
     transport = transports.for_node(node)
     seen = fingerprint(db, transport.stat(node, f"{db.path}-wal"))
     previous = catalog.source_state(node.name, db.path)
-    if previous and previous[0] == seen and catalog.has_copy(previous[1], node_names(fleet.nodes)):
+    holders = node_names(fleet.nodes) - catalog.uncounted_nodes()  # a lost node's copy is none
+    if previous and previous[0] == seen and catalog.has_copy(previous[1], holders):
         return Snapshot(previous[1], taken=False)
     staging = f"{STAGING_DIR}/{db.path}.{time.time_ns()}"
     snap = transport.snapshot_sqlite(node, db.path, staging)

@@ -37,7 +37,8 @@ def test_a_silent_durable_node_is_lost_and_its_copies_are_repaired_elsewhere(
     sync_inventory(fleet, catalog)
     collect_node_games(fleet.node("gpu-1"), fleet, catalog, transports)
     snapshots = {r.sha256 for r in catalog.replicas_of(_all(catalog), nodes=["store-1"])}
-    assert snapshots and _holders(catalog, snapshots) == {"coord-1", "store-1"}
+    # Which two of the three durable nodes hold each snapshot depends on their free space.
+    assert snapshots and all(len(_holders(catalog, [sha])) == 2 for sha in snapshots)
     wanted = min_replicas_by_kind(fleet)
 
     store = root_of(fleet, "store-1")
@@ -58,7 +59,8 @@ def test_a_silent_durable_node_is_lost_and_its_copies_are_repaired_elsewhere(
     moved = replicate(snapshots, fleet, catalog, transports, lambda a: f"games/again/{a.name}")
 
     assert moved.failures == [] and moved.copies == len(snapshots)
-    assert _holders(catalog, snapshots, nodes=["train-1"]) == {"train-1"}
+    for sha in snapshots:  # two counted copies again, on the two durable nodes left
+        assert _holders(catalog, [sha], nodes=["coord-1", "train-1"]) == {"coord-1", "train-1"}
     assert catalog.below_policy(wanted, counted_durable_nodes(fleet, catalog)) == set()
 
     store.with_name("store-1.away").rename(store)  # back: audited, then counted again
