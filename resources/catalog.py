@@ -482,7 +482,7 @@ class Catalog(dg.ConfigurableResource):
         return None if lowest is None else (lowest, highest)
 
     def has_copy(self, sha256: str, nodes: Collection[str]) -> bool:
-        """Whether one of `nodes` (the inventory's, not lost) holds a copy, staged or verified."""
+        """Whether one of `nodes` holds a copy, staged or verified."""
         r = replicas
         query = sa.select(r.c.sha256).where(
             (r.c.sha256 == sha256) & r.c.state.in_(list(ReplicaState)) & r.c.node.in_(list(nodes))

@@ -30,7 +30,7 @@ from sync_assets.engine.placement import (
 )
 from sync_assets.engine.replication import counted_durable_nodes, node_names, unavailable_nodes
 from sync_assets.fleet.inventory import Fleet
-from sync_assets.fleet.repair import ONE_PATH_PER_CONFIG, repair_run_config
+from sync_assets.fleet.repair import REPAIR_PATHS, repair_run_config
 from sync_assets.kinds import min_replicas_by_kind
 
 RUNS_PER_TICK = 10  # K
@@ -54,7 +54,7 @@ class Deficit:
     required: int
     copies: int  # nodes that can serve a copy (verified or staged): active, reachable
     safe_copies: int  # of those, the nodes not ephemeral
-    current: bool = True  # False: an older version of a file rewritten in place
+    repairable: bool = True  # False: a file rewritten in place, repaired by its own asset
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def plan_repairs(
     # Same bucket: keep what is still short (a repaired artifact leaves the cursor).
     done = cursor.requested & still_short if cursor.bucket == bucket else frozenset()
     todo = sorted(
-        (d for d in deficits if d.copies > 0 and d.current and d.sha256 not in done),
+        (d for d in deficits if d.copies > 0 and d.repairable and d.sha256 not in done),
         key=lambda d: (risk(d), -d.size, d.sha256),
     )[: max(runs, 0) * per_run]
     batches = [todo[start : start + per_run] for start in range(0, len(todo), per_run)]
@@ -127,8 +127,6 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
     not_active = {n for n, (state, _) in lifecycle.items() if state != NodeState.ACTIVE}
     holders = node_names(fleet.nodes) - not_active - unavailable_nodes(catalog)
     ephemeral = {n.name for n in fleet.nodes if n.ephemeral}
-    current = {sha for k in ONE_PATH_PER_CONFIG for sha in catalog.aliases(k.alias).values()}
-    one_path = {k.name for k in ONE_PATH_PER_CONFIG}
     return [
         Deficit(
             sha256=row.sha256,
@@ -138,7 +136,7 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
             required=min_replicas.get(row.kind, 0),
             copies=int(row.copies),
             safe_copies=int(row.safe_copies),
-            current=row.kind not in one_path or row.sha256 in current,
+            repairable=row.kind in REPAIR_PATHS,
         )
         for row in catalog.copies_at_risk(short, durable, holders, ephemeral)
     ]

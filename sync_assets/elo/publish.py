@@ -111,7 +111,9 @@ def _bring_current(primary: Node, fleet: Fleet, catalog: Catalog, transports: Tr
         return
     # Every copy looked for and gone: ratings are derived data, rebuilt config by config
     # from the matches, so starting from an empty file loses nothing that still exists.
-    if catalog.has_copy(current, node_names(fleet.nodes) - catalog.uncounted_nodes()):
+    # A copy on a lost node counts here: it does not meet policy, but writing from empty
+    # would drop the other configs' rows from it when it comes back.
+    if catalog.has_copy(current, node_names(fleet.nodes)):
         raise TransferError(
             f"node {primary.name}: cannot get the current {RATINGS_DB} ({current[:16]}) here "
             f"({'; '.join(moved.failures) or 'no reachable copy'}); not writing ratings, "

@@ -14,27 +14,22 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sync_assets.elo.collect import collected_path as elo_collected_path
-from sync_assets.elo.publish import RATINGS_DB
 from sync_assets.engine.replication import replicate
 from sync_assets.fleet.inventory import load_fleet
-from sync_assets.games.canonical import canonical_path
 from sync_assets.games.collect import collected_path as games_collected_path
-from sync_assets.kinds import ELO_RATINGS, ELO_SNAPSHOT, GAMES_CANONICAL, GAMES_SNAPSHOT, MODEL, NPZ
-from sync_assets.models.publish import canonical_model_path
+from sync_assets.kinds import ELO_SNAPSHOT, GAMES_SNAPSHOT, NPZ
 from sync_assets.training.shards import shard_path
 
-# Where a repaired copy goes: the durable home each kind's domain gives it.
+# Where a repaired copy goes: the durable home each kind's domain gives it, a path named
+# by the content. Files rewritten in place (canonical DB, promoted model, ratings) are
+# not repaired here: a queued copy of one version could land over a newer one, or over a
+# file fleetsync did not make. Their own assets bring the current version back, under
+# their writer's lease (merge, promote, publish).
 REPAIR_PATHS: dict[str, Callable[[pd.Series], str]] = {
     GAMES_SNAPSHOT.name: games_collected_path,
     ELO_SNAPSHOT.name: elo_collected_path,
     NPZ.name: lambda art: shard_path(str(art["config"]), str(art.name)),
-    GAMES_CANONICAL.name: lambda art: canonical_path(str(art["config"])),
-    MODEL.name: lambda art: canonical_model_path(str(art["config"])),
-    ELO_RATINGS.name: lambda _art: RATINGS_DB,
 }
-# Kinds kept at one path per config, rewritten in place: only their current version
-# (the kind's alias) is repaired, since an older one copied there would overwrite it.
-ONE_PATH_PER_CONFIG = (GAMES_CANONICAL, MODEL, ELO_RATINGS)
 
 
 class RepairConfig(dg.Config):
@@ -60,7 +55,9 @@ def repair(
     """Bring these artifacts back to policy; fails, naming why, when a copy failed or
     one could not be planned (the sensor asks again in its next retry bucket)."""
     fleet = load_fleet(inventory)
-    result = replicate(config.shas, fleet, catalog, transports, repair_target_path)
+    kinds = {sha: art.kind for sha, art in catalog.artifacts_of(shas=config.shas).items()}
+    shas = [sha for sha in config.shas if kinds.get(sha) in REPAIR_PATHS]  # never in place
+    result = replicate(shas, fleet, catalog, transports, repair_target_path)
     context.add_output_metadata(
         {"copies": result.copies, "bytes_moved": result.bytes_moved, "findings": result.findings}
     )

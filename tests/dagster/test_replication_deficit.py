@@ -115,3 +115,47 @@ def test_sensor_is_on_by_default_and_targets_the_repair_job():
     sensor = defs.resolve_sensor_def("replication_deficit")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == "repair_replicas"
+
+
+def test_a_file_rewritten_in_place_is_never_repaired_by_the_repair_job(tmp_path):
+    """A canonical DB below policy is left to its own asset (the merge replicates the
+    current version under its lease): a queued repair of one version could land over a
+    newer one, or over a canonical DB fleetsync did not make. Even a request naming it
+    copies nothing, and the file on the other durable node stays as it was."""
+    from sync_assets.games.canonical import CANONICAL_KIND, merge_canonical
+
+    fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=20)
+    fleet = load_inventory(fleet_file)
+    catalog = Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
+    transports = Transports()
+    resources = {
+        "inventory": FleetInventory(path=str(fleet_file)),
+        "catalog": catalog,
+        "transports": transports,
+    }
+    for node in fleet.nodes:
+        collect_node_games(node, fleet, catalog, transports)
+    config = next(iter(catalog.artifacts_of(SNAPSHOT_KIND).values())).config
+    merged = merge_canonical(config, fleet, catalog, transports)
+    canonical = catalog.alias(CANONICAL_KIND, config)
+    assert canonical and merged.durable_copies == 2
+    [gone, kept] = sorted(catalog.replicas_of([canonical]), key=lambda r: r.node)
+    (Path(fleet.node(gone.node).data_root) / gone.path).unlink()
+    catalog.drop_replicas(gone.node, [(canonical, gone.path)])
+    foreign = Path(fleet.node(gone.node).data_root) / gone.path
+    foreign.write_bytes(b"a canonical DB fleetsync did not make")
+
+    with dg.instance_for_test() as instance:
+        reads = {key: resources[key] for key in ("inventory", "catalog")}
+        tick = replication_deficit(dg.build_sensor_context(instance=instance, resources=reads))
+        requested = [] if isinstance(tick, dg.SkipReason) else tick.run_requests
+        assert all(canonical not in str(r.run_config) for r in requested)
+
+        run_config = {"ops": {"repair": {"config": {"shas": [canonical]}}}}
+        done = repair_replicas.execute_in_process(
+            run_config=run_config, instance=instance, resources=resources
+        )
+        assert done.success
+
+    assert foreign.read_bytes() == b"a canonical DB fleetsync did not make"
+    assert {r.node for r in catalog.replicas_of([canonical])} == {kept.node}

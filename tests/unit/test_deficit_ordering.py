@@ -31,7 +31,7 @@ def deficit_tables(draw: st.DrawFn) -> list[Deficit]:
                 required=required,
                 copies=copies,
                 safe_copies=draw(st.integers(0, copies)),
-                current=draw(st.booleans()),
+                repairable=draw(st.booleans()),
             )
         )
     return table
@@ -39,7 +39,7 @@ def deficit_tables(draw: st.DrawFn) -> list[Deficit]:
 
 def oracle(table: list[Deficit], already: set[str], limit: int) -> list[str]:
     """Written from the issue's words, one risk class after the other."""
-    candidates = [d for d in table if d.copies >= 1 and d.current and d.sha256 not in already]
+    candidates = [d for d in table if d.copies >= 1 and d.repairable and d.sha256 not in already]
     last_copy_at_risk = [d for d in candidates if d.safe_copies == 0]
     single = [d for d in candidates if d.safe_copies > 0 and d.copies == 1]
     below = [d for d in candidates if d.safe_copies > 0 and d.copies > 1]
