@@ -82,8 +82,8 @@ probes = sa.Table(
     sa.Column("disk_free_bytes", sa.BigInteger),
     sa.Column("gpu_util_percent", sa.Float),
     sa.Column("probe_error", sa.Text),
-    # The last probe that found the node reachable (one never reached: its first probe):
-    # the node lifecycle's "no successful probe since".
+    # The first probe that missed the node since its last successful one (NULL: the last
+    # probe succeeded, or none yet): the node lifecycle's lost clock.
     sa.Column("silent_since", sa.Float),
 )
 _PROBE_COLUMNS = [c.name for c in probes.columns if c.name not in ("node", "silent_since")]
@@ -359,11 +359,11 @@ class Catalog(dg.ConfigurableResource):
         seen["probe_error"] = seen.pop("error")
         with self.engine.begin() as conn:
             before = conn.scalar(sa.select(probes.c.silent_since).where(probes.c.node == node))
-            seen["silent_since"] = now if probe.reachable or before is None else before
+            seen["silent_since"] = None if probe.reachable else now if before is None else before
             _replace(conn, probes, {"node": node}, seen)
 
     def node_lifecycle(self) -> dict[str, tuple[NodeState, float | None]]:
-        """Recorded node → (lifecycle state, time since which no probe succeeded)."""
+        """Recorded node → (lifecycle state, first missed probe since the last success)."""
         query = sa.select(nodes.c.name, nodes.c.state, probes.c.silent_since).outerjoin(
             probes, probes.c.node == nodes.c.name
         )
@@ -620,14 +620,21 @@ class Catalog(dg.ConfigurableResource):
         )
         return set(self._scalars(query))
 
-    def last_copy_holders(self, among: Collection[str]) -> set[str]:
-        """The nodes of `among` holding the only copy (verified or staged) of something."""
+    def last_copy_holders(self, among: Collection[str], inventory: Collection[str]) -> set[str]:
+        """The nodes of `among` holding a copy (verified or staged) of something that has no
+        copy elsewhere: another copy counts only on an `inventory` node outside `among` in a
+        counted state, so nodes leaving together never vouch for each other."""
         if not among:
             return set()
         r, other = replicas, replicas.alias("other")
+        vouching = (
+            sa.select(nodes.c.name)
+            .where(nodes.c.name.in_(sorted(set(inventory) - set(among))))
+            .where(nodes.c.state.in_(COUNTED_NODE_STATES))
+        )
         alone = ~sa.exists().where(
             (other.c.sha256 == r.c.sha256)
-            & (other.c.node != r.c.node)
+            & other.c.node.in_(vouching)
             & other.c.state.in_(list(ReplicaState))
         )
         query = (
@@ -898,12 +905,13 @@ def _v3_probes_apart_from_nodes(conn: sa.Connection) -> None:
 
 def _v4_probes_know_silent_since(conn: sa.Connection) -> None:
     """v4 records since when a node has not answered (the node lifecycle's clock); a node
-    probed before starts that clock at its last probe."""
+    whose last probe missed starts that clock at that probe, one that answered has none."""
     if not sa.inspect(conn).has_table(probes.name):
         return  # `create_all` makes it
     if "silent_since" not in {c["name"] for c in sa.inspect(conn).get_columns(probes.name)}:
         conn.execute(sa.text("ALTER TABLE probes ADD COLUMN silent_since FLOAT"))
-    conn.execute(sa.text("UPDATE probes SET silent_since = last_probe_at"))
+    missed_at = "CASE WHEN reachable THEN NULL ELSE last_probe_at END"
+    conn.execute(sa.text(f"UPDATE probes SET silent_since = {missed_at}"))
 
 
 # version → the step that brings a catalog from version - 1 to it. Tables and indexes

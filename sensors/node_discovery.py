@@ -3,9 +3,10 @@
 One inventory read and bounded catalog queries per tick; no SSH. The one place that
 records the inventory's nodes in the catalog and applies the node lifecycle to them
 (`sync_inventory`: gone from the inventory -> lost, retired once it holds no last copy;
-suspect too long -> lost). A manual run does it with `fleet/node_status`. A node removed
-from the inventory keeps its partition until it holds no last copy of anything (retired
-only after evacuation).
+a listed node is lost only through a probe, never here). A manual run does it with
+`fleet/node_status`. A node removed from the inventory keeps its partition until it holds
+no last copy of anything (retired only after evacuation): a copy on another departed or
+uncounted node does not count.
 """
 
 from collections.abc import Iterable
@@ -37,9 +38,9 @@ def partition_changes(
 @fleet_sensor("node_discovery", 60)
 def node_discovery(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     current = context.instance.get_dynamic_partitions(NODES)
-    departed = set(current) - {n.name for n in fleet.nodes}
+    listed = {n.name for n in fleet.nodes}
     to_add, to_remove = partition_changes(
-        (n.name for n in fleet.nodes), current, catalog.last_copy_holders(departed)
+        listed, current, catalog.last_copy_holders(set(current) - listed, listed)
     )
     sync_inventory(fleet, catalog)
     if not to_add and not to_remove:

@@ -42,12 +42,13 @@ def probe_and_record(
 
 def sync_inventory(fleet: Fleet, catalog: Catalog) -> None:
     """Record the inventory's nodes, then decide each recorded node's state from its
-    membership and its probes' clock (no probe here): a node gone from the inventory is
-    lost, or retired once it holds no last copy; a suspect one silent too long, lost."""
+    inventory membership alone (no probe here, so no lost clock): a node gone from the
+    inventory is lost, or retired once it holds no last copy; a retired one listed again,
+    lost until audited."""
     catalog.sync_nodes(fleet.nodes)
     listed = {n.name for n in fleet.nodes}
     known = catalog.node_lifecycle()
-    holders = catalog.last_copy_holders(known.keys() - listed)
+    holders = catalog.last_copy_holders(known.keys() - listed, listed)
     facts = {
         name: NodeFacts(state, name in listed, None, False, silent_since, name in holders)
         for name, (state, silent_since) in known.items()
@@ -70,5 +71,5 @@ def _reason(fact: NodeFacts, state: NodeState, seen: str, now: float) -> str:
         copies = "holds a last copy" if fact.holds_last_copy else "holds no last copy"
         return f"gone from the inventory; {copies}"
     if state == NodeState.LOST and fact.silent_since is not None:
-        return f"{seen}; no successful probe for {now - fact.silent_since:.0f} s"
+        return f"{seen}; missing since its first miss {now - fact.silent_since:.0f} s ago"
     return seen

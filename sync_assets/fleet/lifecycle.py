@@ -1,6 +1,6 @@
 """Node lifecycle: the next state of a node from what was just seen of it. Pure, no I/O.
 
-    active --missed probe--> suspect --no answer for lost_after_s--> lost
+    active --missed probe--> suspect --a probe missed lost_after_s after the first miss--> lost
     (any) --gone from the inventory--> lost, or retired once it holds no last copy
     suspect / lost --answers, and an audit of it succeeded--> active
 
@@ -13,8 +13,11 @@
   partitions": node discovery removes only those). A lost node still in the inventory
   stays lost, and probed, until it comes back; a retired node listed again is lost until
   audited.
-* "No answer for lost_after_s" is measured from the last successful probe, or, for a
-  node that never answered, from the first probe that missed it (`silent_since`).
+* The lost clock starts at the first probe that missed after the last successful one
+  (`silent_since`), so a node is never lost by one miss however rare its probes are; and
+  a node still in the inventory is lost only through a probe that misses it, never by the
+  clock alone: a node nobody probes keeps its state (inventory syncs decide membership
+  only).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class NodeFacts:
     in_inventory: bool
     answered: bool | None  # this probe's outcome; None: no probe at this decision
     audited: bool  # an audit of the node succeeded after this answer
-    silent_since: float | None  # last successful probe (never answered: first probe)
+    silent_since: float | None  # first missed probe since the last success (None: none)
     holds_last_copy: bool
 
 
@@ -45,8 +48,10 @@ def next_state(facts: NodeFacts, lost_after_s: float, now: float) -> NodeState:
     state = NodeState.LOST if facts.state == NodeState.RETIRED else NodeState(facts.state)
     if facts.answered:
         return NodeState.ACTIVE if state == NodeState.ACTIVE or facts.audited else state
-    if facts.answered is False and state == NodeState.ACTIVE:
-        state = NodeState.SUSPECT
+    if facts.answered is None:
+        return state  # no probe: the lost clock is read only by a probe that missed
+    if state == NodeState.ACTIVE:
+        return NodeState.SUSPECT  # a first miss: never lost at once
     silent_for = None if facts.silent_since is None else now - facts.silent_since
     if state == NodeState.SUSPECT and silent_for is not None and silent_for >= lost_after_s:
         return NodeState.LOST

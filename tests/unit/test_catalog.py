@@ -158,16 +158,24 @@ def test_node_discovery_adds_in_batches_and_keeps_last_copy_holders():
     assert to_remove == ["gone"]
 
 
-def test_last_copy_holders(catalog):
+def test_last_copy_holders(catalog, tmp_path):
+    """Another copy counts only on an inventory node outside `among`, in a counted state."""
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    catalog.sync_nodes(
+        [Node(name=n, transport="local", roles=["storage"], data_root=str(tmp_path)) for n in names]
+    )
     for sha in "abc":
         catalog.add_artifact(sha, kind="k", config=None, name=sha, size=1, origin_node="n1")
     catalog.record_replica("a", "n1", "a", 1)
     catalog.record_replica("a", "n2", "a", 1)
     catalog.record_replica("b", "n3", "b", 1, state="staging")
     catalog.record_replica("c", "n4", "c", 1)
-    assert catalog.last_copy_holders({"n1", "n2", "n3", "n4", "n5"}) == {"n3", "n4"}
-    assert catalog.last_copy_holders({"n1", "n4"}) == {"n4"}
-    assert catalog.last_copy_holders(set()) == set()
+    assert catalog.last_copy_holders(set(names), names) == {"n1", "n2", "n3", "n4"}
+    assert catalog.last_copy_holders({"n1", "n4"}, names) == {"n4"}
+    assert catalog.last_copy_holders({"n1", "n4"}, ["n1", "n4"]) == {"n1", "n4"}  # n2 delisted
+    catalog.set_node_states({"n2": (NodeState.LOST, "test")})
+    assert catalog.last_copy_holders({"n1", "n4"}, names) == {"n1", "n4"}  # n2 uncounted
+    assert catalog.last_copy_holders(set(), names) == set()
 
 
 def test_below_policy_counts_like_a_plain_sql_oracle(catalog, tmp_path):

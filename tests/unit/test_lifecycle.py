@@ -35,13 +35,15 @@ steps = st.builds(
 
 
 def run(history: list[Step]) -> list[tuple[float, NodeState]]:
-    """Drive the decision as the catalog does: `silent_since` moves to each answer; a
-    node's first probe, missed, starts it."""
+    """Drive the decision as the catalog does: `silent_since` is the first miss since the
+    last answer; an answer clears it."""
     now, state, silent_since = 1_000_000.0, None, None
     out = []
     for s in history:
         now += s.dt
-        if s.probe == "answer" or (s.probe == "miss" and silent_since is None):
+        if s.probe == "answer":
+            silent_since = None
+        elif s.probe == "miss" and silent_since is None:
             silent_since = now
         answered = {"answer": True, "miss": False, "none": None}[s.probe]
         audited = s.probe == "answer" and s.audit_ok and state not in (None, NodeState.ACTIVE)
@@ -54,21 +56,21 @@ def run(history: list[Step]) -> list[tuple[float, NodeState]]:
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(steps, min_size=1, max_size=30))
 def test_random_histories_keep_the_lifecycle_invariants(history: list[Step]) -> None:
+    """The lost clock runs from the first miss after the last answer, and only a probe
+    that misses reads it: an inventory sync (probe "none") never makes a listed node lost."""
     states = run(history)
-    last_answer: float | None = None  # the last successful probe
-    first_probe: float | None = None
+    first_miss: float | None = None  # the first miss since the last answer
     trusted_since = None  # index of the last audited answer, or of a first clean listing
     misses_since_trust = False
     unlisted_since_trust = False
     silent_too_long_since_trust = False
     previous: NodeState | None = None
     for i, (s, (now, state)) in enumerate(zip(history, states, strict=True)):
-        if s.probe != "none" and first_probe is None:
-            first_probe = now
         if s.probe == "answer":
-            last_answer = now
-        clock = last_answer if last_answer is not None else first_probe
-        silent_for = None if clock is None else now - clock
+            first_miss = None
+        elif s.probe == "miss" and first_miss is None:
+            first_miss = now
+        silent_for = None if first_miss is None else now - first_miss
 
         # Independent bookkeeping of what the node did since it was last trusted.
         audited_answer = s.probe == "answer" and s.audit_ok and previous is not None
@@ -78,7 +80,7 @@ def test_random_histories_keep_the_lifecycle_invariants(history: list[Step]) -> 
             misses_since_trust = unlisted_since_trust = silent_too_long_since_trust = False
         misses_since_trust |= s.probe == "miss"
         unlisted_since_trust |= not s.listed
-        if s.probe != "answer" and silent_for is not None and silent_for >= LOST_AFTER_S:
+        if s.probe == "miss" and silent_for is not None and silent_for >= LOST_AFTER_S:
             silent_too_long_since_trust = True
 
         assert state in CONTRACT_STATES
@@ -97,12 +99,16 @@ def test_random_histories_keep_the_lifecycle_invariants(history: list[Step]) -> 
             assert audited_answer  # back only through an audit
         if s.listed and s.probe == "miss":
             assert state != NodeState.ACTIVE
+        if s.listed and s.probe == "miss" and previous == NodeState.ACTIVE:
+            assert state == NodeState.SUSPECT  # a first miss: never lost at once
+        if s.listed and s.probe == "none" and previous is not None:  # membership only
+            assert state == (NodeState.LOST if previous == NodeState.RETIRED else previous)
         if s.listed and previous is not None and audited_answer:
             assert state == NodeState.ACTIVE
         if (
             s.listed
             and previous == NodeState.SUSPECT
-            and s.probe != "answer"
+            and s.probe == "miss"
             and silent_for is not None
             and silent_for >= LOST_AFTER_S
         ):
@@ -114,6 +120,28 @@ def test_a_suspect_node_is_lost_exactly_at_lost_after_s() -> None:
     suspect = NodeFacts(NodeState.SUSPECT, True, False, False, 1000.0, False)
     assert next_state(suspect, 600, 1599.9) == NodeState.SUSPECT
     assert next_state(suspect, 600, 1600.0) == NodeState.LOST
+
+
+def test_one_missed_probe_after_a_long_silence_of_probes_is_suspect_not_lost() -> None:
+    """Probes a day apart: the node answered, then the next probe misses. Its clock starts
+    at that miss (the catalog records it so), so it is suspect; the next miss past
+    lost_after_s makes it lost."""
+    history = [
+        Step(0.0, True, "answer", False, False),
+        Step(86_400.0, True, "miss", False, False),
+        Step(86_400.0, True, "miss", False, False),
+    ]
+    assert [state for _, state in run(history)] == ["active", "suspect", "lost"]
+    first_miss = NodeFacts(NodeState.ACTIVE, True, False, False, 0.0, False)
+    assert next_state(first_miss, 600, 86_400.0) == NodeState.SUSPECT  # even with an old clock
+
+
+def test_a_suspect_node_with_no_further_probe_stays_suspect_through_inventory_syncs() -> None:
+    history = [Step(0.0, True, "answer", False, False), Step(1.0, True, "miss", False, False)]
+    history += [Step(dt, True, "none", False, False) for dt in (60.0, 600.0, 3600.0) * 50]
+    assert {state for _, state in run(history)[1:]} == {NodeState.SUSPECT}
+    suspect = NodeFacts(NodeState.SUSPECT, True, None, False, 1.0, False)
+    assert next_state(suspect, 600, 1e9) == NodeState.SUSPECT
 
 
 def test_a_node_that_comes_back_counts_again_only_once_audited() -> None:
