@@ -4,7 +4,9 @@ Runs the kind's node-partitioned job once per target, in-process on the local Da
 instance ($DAGSTER_HOME), so the runs show in the UI like any other. Inventory nodes
 missing from the `nodes` partitions are added first. One target failing never stops the
 others; each failure is reported with the reason the run failed with (an unreachable
-node, a changed host key), never as a traceback.
+node, a changed host key), never as a traceback. A run that succeeds with a failed asset
+check fails its target too: several assets record a node's trouble as a check, not as a
+failed run (`fleet/node_status`'s `reachable`, `games/selfplay`'s `every_db_collected`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +116,19 @@ def run_tags(kind: str, priority: str) -> dict[str, str]:
     return {PRIORITY_TAG: RUN_PRIORITY[priority], SYNC_TAG: kind}
 
 
+def check_failure_line(check: str, description: str | None, details: Mapping[str, object]) -> str:
+    """Why a failed asset check fails its target, one line: the check's name, its
+    description, then each non-empty metadata entry as `key: value` (an `error` entry bare:
+    an error message names itself)."""
+    parts = [description or ""]
+    for key, value in details.items():
+        items = value if isinstance(value, list | tuple) else [] if value is None else [value]
+        text = ", ".join(str(item) for item in items if str(item).strip())
+        parts.append(text if key == "error" or not text else f"{key}: {text}")
+    said = [part for part in parts if part.strip()]
+    return one_line(f"check {check} failed" + (": " + "; ".join(said) if said else ""))
+
+
 def target_line(target: TargetResult) -> str:
     return f"node {target.node}: " + ("ok" if target.ok else f"FAILED: {target.reason}")
 
@@ -206,7 +221,7 @@ def _run(
                 run_config=QUIET_RUN,
                 raise_on_error=False,
             )
-            target = TargetResult(node, run.success, _failure_reason(run), run.run_id)
+            target = _target_result(node, run)
         except Exception as exc:  # one target's crash never stops the others
             target = TargetResult(node, False, one_line(f"{type(exc).__name__}: {exc}"))
         results.append(target)
@@ -215,11 +230,26 @@ def _run(
     return SyncResult(kind, tuple(results))
 
 
+def _target_result(node: str, run: dg.ExecuteInProcessResult) -> TargetResult:
+    """A failed run fails its target with the run's own errors; a successful one fails it
+    with every asset check it failed (an unreachable probe, a skipped DB), else it is ok."""
+    if not run.success:
+        return TargetResult(node, False, _failure_reason(run), run.run_id)
+    failed = [
+        check_failure_line(
+            check.check_name,
+            check.description,
+            {key: value.value for key, value in check.metadata.items()},
+        )
+        for check in run.get_asset_check_evaluations()
+        if not check.passed
+    ]
+    return TargetResult(node, not failed, "; ".join(failed), run.run_id)
+
+
 def _failure_reason(run: dg.ExecuteInProcessResult) -> str:
     """The failed steps' own errors (not Dagster's wrappers around them), else the run
-    failure's message; empty for a successful run."""
-    if run.success:
-        return ""
+    failure's message."""
     reasons = []
     for event in run.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
@@ -254,7 +284,7 @@ def add_sync_parser(
         help="request a sync now (games, elo, npz, models, status) for some or all nodes",
         description="Run KIND's node-partitioned job for each target, in-process on the "
         "local Dagster instance. Exit 0 if every target synced, 1 naming each failed "
-        "target and why, 2 for a bad request.",
+        "target (a failed run or a failed asset check) and why, 2 for a bad request.",
     )
     parser.add_argument("kind", help=", ".join(f"{k} ({j})" for k, j in KIND_JOBS.items()))
     parser.add_argument("--targets", default=ALL, help="all (default) or NODE[,NODE...]")

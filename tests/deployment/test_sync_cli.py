@@ -131,3 +131,27 @@ def test_sync_in_python_returns_each_targets_outcome_and_never_raises(demo_env, 
     refused = sync("games", targets="gpu-1,nosuch")  # one string: as on the command line
     assert refused.usage and refused.targets == ()
     assert refused.problems[0].startswith("targets: unknown node(s): nosuch (")
+
+
+def test_sync_status_with_a_node_data_root_gone_exits_1_naming_it_and_its_failed_check(demo_env):
+    # The probe's run succeeds either way; its `reachable` check is what fails.
+    fleet = load_inventory(demo_env["FLEETSYNC_FLEET"])
+    broken = "gpu-1"
+    broken_root = next(n.data_root for n in fleet.nodes if n.name == broken)
+    shutil.rmtree(broken_root)
+    argv = [FLEETSYNC, "sync", "status", "--targets", "all"]
+    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "Traceback" not in out
+    progress = [line for line in done.stdout.splitlines() if line.startswith("node ")]
+    assert [line for line in progress if not line.startswith(f"node {broken}:")] == [
+        f"node {n.name}: ok" for n in fleet.nodes if n.name != broken
+    ]
+    [failed] = [line for line in progress if line.startswith(f"node {broken}:")]
+    assert failed.startswith(f"node {broken}: FAILED: check reachable failed: ")
+    assert str(broken_root) in failed
+    ok = len(fleet.nodes) - 1
+    assert f"sync status: {ok} of {len(fleet.nodes)} target(s) ok" in done.stderr
+    assert f"failed: {broken}\n" in done.stderr
+    assert f"  {failed}" in done.stderr

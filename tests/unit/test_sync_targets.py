@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sync_assets.cli.sync import (
     SyncResult,
     TargetResult,
+    check_failure_line,
     exit_code,
     parse_targets,
     request_problems,
@@ -101,3 +102,47 @@ def test_refused_requests_exit_2_for_arguments_1_for_the_inventory():
     assert exit_code(usage) == 2 and summary_lines(usage) == list(usage.problems)
     broken = SyncResult("status", problems=("fleet.yaml: node x: host: required",))
     assert exit_code(broken) == 1 and not broken.ok
+
+
+def test_a_failed_check_line_names_the_check_and_why():
+    # fleet/node_status: the probe's error alone, it names itself.
+    error = "node 'gpu-1': '/data': probe: data root is not a directory"
+    assert check_failure_line("reachable", None, {"error": error}) == (
+        f"check reachable failed: {error}"
+    )
+    # games/selfplay: every skipped DB with its reason; durable_copies: key and value.
+    assert check_failure_line(
+        "every_db_collected", None, {"skipped": ["a.db: locked", "b.db: gone"]}
+    ) == ("check every_db_collected failed: skipped: a.db: locked, b.db: gone")
+    assert check_failure_line(
+        "durable_copies", "too few", {"required": 2, "under_replicated": []}
+    ) == ("check durable_copies failed: too few; required: 2")
+    # models/on_node's verified_on_node carries no metadata: its name is the reason.
+    assert check_failure_line("verified_on_node", "", {}) == "check verified_on_node failed"
+
+
+TEXTS = st.text("ab :\n\t", max_size=8)
+VALUES = st.one_of(TEXTS, st.integers(), st.lists(TEXTS, max_size=3), st.none())
+
+
+KEYS = st.sampled_from(["error", "skipped", "required", "under_replicated"]) | st.text(
+    "ab_", min_size=1
+)
+
+
+@given(st.text("abc_", min_size=1), st.none() | TEXTS, st.dictionaries(KEYS, VALUES))
+def test_a_failed_check_line_is_one_line_with_every_non_empty_detail(check, description, details):
+    line = check_failure_line(check, description, details)
+    assert line.startswith(f"check {check} failed")
+    assert "\n" not in line and "\t" not in line and "  " not in line
+    said = False  # the oracle: each non-blank detail, as it reads once on one line
+    for key, value in details.items():
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        for item in (str(i) for i in items if str(i).split()):
+            assert " ".join(item.split()) in line
+            assert key == "error" or f"{key}:" in line
+            said = True
+    if description and description.split():
+        assert " ".join(description.split()) in line
+        said = True
+    assert (line == f"check {check} failed") == (not said)
