@@ -119,11 +119,15 @@ def test_sync_in_python_returns_each_targets_outcome_and_never_raises(demo_env, 
             entry["data_root"] = str(broken_root)
     fleet_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.setenv("FLEETSYNC_FLEET", str(fleet_file))
+    # The catalog lives under $DAGSTER_HOME: this fleet's own, not the suite's shared one.
+    monkeypatch.setenv("DAGSTER_HOME", demo_env["DAGSTER_HOME"])
+    monkeypatch.delenv("FLEETSYNC_CATALOG_URL", raising=False)
 
     with dg.DagsterInstance.ephemeral() as instance:
         result = sync("games", targets=["gpu-1", "train-1"], priority="high", instance=instance)
         assert set(instance.get_dynamic_partitions("nodes")) == {n["name"] for n in doc["nodes"]}
-    assert [(t.node, t.ok) for t in result.targets] == [("train-1", True), ("gpu-1", False)]
+    outcomes = [(t.node, t.ok) for t in result.targets]
+    assert outcomes == [("train-1", True), ("gpu-1", False)], [t.reason for t in result.targets]
     reason = result.failed[0].reason
     assert "gpu-1" in reason and "not a directory" in reason and "max_retries" not in reason
     assert not result.ok and not result.problems
