@@ -171,8 +171,9 @@ def sync(
     problems = request_problems(kind, priority)
     if problems:
         return SyncResult(kind, problems=tuple(problems), usage=True)
+    fleet_path = os.environ.get("FLEETSYNC_FLEET") or "fleet.yaml"
     try:
-        fleet = load_inventory(os.environ.get("FLEETSYNC_FLEET") or "fleet.yaml")
+        fleet = load_inventory(fleet_path)
     except InventoryError as exc:
         return SyncResult(kind, problems=tuple(exc.problems))
     inventory_nodes = [n.name for n in fleet.nodes]
@@ -183,7 +184,7 @@ def sync(
         return SyncResult(kind, problems=tuple(problems), usage=True)
 
     if instance is not None:
-        return _run(instance, kind, nodes, inventory_nodes, priority, on_target)
+        return _run(instance, kind, nodes, fleet_path, inventory_nodes, priority, on_target)
     import dagster as dg
 
     try:
@@ -191,18 +192,20 @@ def sync(
     except dg.DagsterError as exc:  # DAGSTER_HOME unset, or not a valid instance
         return SyncResult(kind, problems=(one_line(f"dagster instance: {exc}"),))
     with own:
-        return _run(own, kind, nodes, inventory_nodes, priority, on_target)
+        return _run(own, kind, nodes, fleet_path, inventory_nodes, priority, on_target)
 
 
 def _run(
     instance: dg.DagsterInstance,
     kind: str,
     nodes: list[str],
+    fleet_path: str,
     inventory_nodes: list[str],
     priority: str,
     on_target: Callable[[TargetResult], None] | None,
 ) -> SyncResult:
     # Imported here: loading the definitions reads the (already validated) inventory.
+    from resources.inventory import FleetInventory
     from sync_assets.definitions import defs
     from sync_assets.partitions import NODES
 
@@ -220,6 +223,8 @@ def _run(
                 tags=run_tags(kind, priority),
                 run_config=QUIET_RUN,
                 raise_on_error=False,
+                # The inventory read above, not the one the definitions saw when imported.
+                resources={"inventory": FleetInventory(path=fleet_path)},
             )
             target = _target_result(node, run)
         except Exception as exc:  # one target's crash never stops the others
