@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -23,18 +24,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_deleted_durable_copy_is_requested_and_repaired(tmp_path):
+def _collected_fleet(tmp_path: Path) -> tuple[Any, Catalog, Transports, dict[str, Any]]:
+    """A 4-node local demo fleet whose game DBs are all collected, and its resources."""
     fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=20)
     fleet = load_inventory(fleet_file)
     catalog = Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
     transports = Transports()
-    resources = {
-        "inventory": FleetInventory(path=str(fleet_file)),
-        "catalog": catalog,
-        "transports": transports,
-    }
     for node in fleet.nodes:
         assert not collect_node_games(node, fleet, catalog, transports).replication.failures
+    inventory = FleetInventory(path=str(fleet_file))
+    resources = {"inventory": inventory, "catalog": catalog, "transports": transports}
+    return fleet, catalog, transports, resources
+
+
+def test_deleted_durable_copy_is_requested_and_repaired(tmp_path):
+    fleet, catalog, transports, resources = _collected_fleet(tmp_path)
 
     snapshots = catalog.artifacts_of(SNAPSHOT_KIND)
     on_store = [r for r in catalog.replicas_of(snapshots) if r.node == "store-1"]
@@ -124,17 +128,7 @@ def test_a_file_rewritten_in_place_is_never_repaired_by_the_repair_job(tmp_path)
     copies nothing, and the file on the other durable node stays as it was."""
     from sync_assets.games.canonical import CANONICAL_KIND, merge_canonical
 
-    fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=20)
-    fleet = load_inventory(fleet_file)
-    catalog = Catalog(url=f"sqlite:///{tmp_path / 'catalog.db'}")
-    transports = Transports()
-    resources = {
-        "inventory": FleetInventory(path=str(fleet_file)),
-        "catalog": catalog,
-        "transports": transports,
-    }
-    for node in fleet.nodes:
-        collect_node_games(node, fleet, catalog, transports)
+    fleet, catalog, transports, resources = _collected_fleet(tmp_path)
     config = next(iter(catalog.artifacts_of(SNAPSHOT_KIND).values())).config
     merged = merge_canonical(config, fleet, catalog, transports)
     canonical = catalog.alias(CANONICAL_KIND, config)
