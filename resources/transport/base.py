@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -151,17 +152,7 @@ class Transport(abc.ABC):
 
         Transports that can move a batch in one stream override this; a node that
         cannot be reached fails the whole batch (NodeUnreachable is raised)."""
-        results: CopyOutcomes = []
-        for item in items:
-            try:
-                results.append(
-                    self.copy_between(src, item.src_path, dst, item.dst_path, item.sha256)
-                )
-            except NodeUnreachable:
-                raise
-            except TransferError as exc:
-                results.append(exc)
-        return results
+        return copy_each(self.copy_between, src, dst, items)
 
     @abc.abstractmethod
     def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
@@ -190,6 +181,25 @@ class Transport(abc.ABC):
         self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600
     ) -> ExecResult:
         """Run argv on the node with the data root as working directory."""
+
+
+def copy_each(
+    copy_between: Callable[[Node, str, Node, str, str], CopyResult],
+    src: Node,
+    dst: Node,
+    items: CopyBatch,
+) -> CopyOutcomes:
+    """A batch as one `copy_between` per item: each file's error in its place, but a node
+    that cannot be reached fails the whole batch (NodeUnreachable is raised)."""
+    results: CopyOutcomes = []
+    for item in items:
+        try:
+            results.append(copy_between(src, item.src_path, dst, item.dst_path, item.sha256))
+        except NodeUnreachable:
+            raise
+        except TransferError as exc:
+            results.append(exc)
+    return results
 
 
 def expected_sha256(sha256: str, where: str) -> str:

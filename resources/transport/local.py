@@ -16,8 +16,9 @@ import signal
 import stat as stat_mod
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from resources.transport.base import (
     CHUNK_BYTES,
@@ -88,6 +89,14 @@ class _Throttle:
             ahead = self.sent / self.rate - (time.monotonic() - self.start)
             if ahead > 0:
                 time.sleep(ahead)
+
+
+def stream_paced(reader: IO[bytes], writer: IO[bytes], bytes_per_s: float | None) -> None:
+    """Copy in bounded chunks, paced to `bytes_per_s` (None: unlimited)."""
+    throttle = _Throttle(bytes_per_s)
+    while block := reader.read(throttle.chunk):
+        writer.write(block)
+        throttle.account(len(block))
 
 
 class LocalTransport(Transport):
@@ -235,14 +244,38 @@ class LocalTransport(Transport):
     ) -> CopyResult:
         """Verified, atomic, streaming copy; a no-op when dst already has these bytes."""
         expected = expected_sha256(sha256, f"node {src.name!r}: {src_path!r}")
-        started = time.monotonic()
-        src_rel, source = self._resolve(src, src_path, "copy: read source", follow=True)
-        dst_rel, final = self._resolve(dst, dst_path, "copy: target", follow=False)
-        what = f"copy {src.name}:{src_rel!r} -> {dst.name}:{dst_rel!r}"
+        src_rel, source, size = self.source_file(src, src_path)
+
+        def fill(writer: BinaryIO) -> None:
+            with open(source, "rb") as reader:
+                stream_paced(reader, writer, link_rate(src, dst))
+
+        return self.receive(dst, dst_path, expected, size, fill, f"{src.name}:{src_rel!r}")
+
+    def source_file(self, node: Node, path: str) -> tuple[str, Path, int]:
+        """(validated relative path, resolved file, size) of a copy's source on the node."""
+        rel, source = self._resolve(node, path, "copy: read source", follow=True)
         try:
-            size = source.stat().st_size
+            return rel, source, source.stat().st_size
         except OSError as e:
-            raise TransferError(f"{_where(src, src_rel, 'copy: stat source')}: {e}") from e
+            raise TransferError(f"{_where(node, rel, 'copy: stat source')}: {e}") from e
+
+    def receive(
+        self,
+        dst: Node,
+        dst_path: str,
+        expected: str,
+        size: int,
+        fill: Callable[[BinaryIO], None],
+        source: str,
+    ) -> CopyResult:
+        """Write dst_path on dst with the bytes `fill` streams into the file it is given
+        (`source` names them in messages): under a staging name, fsynced, hashed, renamed
+        only on a match; a no-op when dst already holds a file of `size` with that hash.
+        Local copies and the relay from an SSH node (`relay.py`) both land through here."""
+        started = time.monotonic()
+        dst_rel, final = self._resolve(dst, dst_path, "copy: target", follow=False)
+        what = f"copy {source} -> {dst.name}:{dst_rel!r}"
         if self._has_copy(dst, dst_rel, final, size, expected):
             return CopyResult(dst_rel, expected, size, 0, time.monotonic() - started)
 
@@ -250,8 +283,8 @@ class LocalTransport(Transport):
         step = "copy: stream"
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            with open(source, "rb") as reader, open(staging, "xb") as writer:
-                self._stream(reader, writer, _Throttle(link_rate(src, dst)))
+            with open(staging, "xb") as writer:
+                fill(writer)
                 writer.flush()
                 os.fsync(writer.fileno())
             step = "copy: verify at target"
@@ -286,13 +319,6 @@ class LocalTransport(Transport):
             return False
         except OSError as e:
             raise TransferError(f"{_where(node, rel, 'copy: check target')}: {e}") from e
-
-    @staticmethod
-    def _stream(reader: BinaryIO, writer: BinaryIO, throttle: _Throttle) -> None:
-        """Copy in bounded chunks, paced by the throttle."""
-        while block := reader.read(throttle.chunk):
-            writer.write(block)
-            throttle.account(len(block))
 
     def publish_symlink(self, node: Node, link_path: str, target_name: str) -> None:
         rel, link = self._resolve(node, link_path, "symlink", follow=False)
