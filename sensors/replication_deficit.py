@@ -10,7 +10,8 @@ in risk order (a lost node's 10,000 copies take 20 ticks, not 10,000 runs). A ru
 its first artifact and the hour bucket, so a repair that failed or was blocked is
 requested again in the next bucket; the cursor remembers what this bucket already
 requested, so the next tick moves on to the next riskiest instead of re-requesting run
-keys Dagster would skip.
+keys Dagster would skip. An artifact whose repair run is still queued or running is never
+requested again, whatever the bucket: a slow repair is not raced by its own retry.
 """
 
 import json
@@ -30,7 +31,7 @@ from sync_assets.engine.placement import (
 )
 from sync_assets.engine.replication import counted_durable_nodes, node_names, unavailable_nodes
 from sync_assets.fleet.inventory import Fleet
-from sync_assets.fleet.repair import REPAIR_PATHS, repair_run_config
+from sync_assets.fleet.repair import REPAIR_PATHS, repair_replicas, repair_run_config
 from sync_assets.kinds import min_replicas_by_kind
 
 RUNS_PER_TICK = 10  # K
@@ -89,17 +90,19 @@ def plan_repairs(
     runs: int = RUNS_PER_TICK,
     per_run: int = ARTIFACTS_PER_RUN,
     retry_after_s: float = RETRY_AFTER_S,
+    in_flight: frozenset[str] = frozenset(),
 ) -> tuple[list[list[Deficit]], RepairCursor]:
     """The next repairs, riskiest first (then largest, then by sha256), in at most `runs`
     batches of at most `per_run`, and the cursor after them. Skipped: artifacts with no
-    copy to copy from, superseded versions, and those already requested in this bucket."""
+    copy to copy from, superseded versions, those already requested in this bucket, and
+    those `in_flight` (in a repair run not finished yet)."""
     bucket = int(now // retry_after_s)
     deficits = list(deficits)
     still_short = {d.sha256 for d in deficits}
     # Same bucket: keep what is still short (a repaired artifact leaves the cursor).
     done = cursor.requested & still_short if cursor.bucket == bucket else frozenset()
     todo = sorted(
-        (d for d in deficits if d.copies > 0 and d.repairable and d.sha256 not in done),
+        (d for d in deficits if d.copies > 0 and d.repairable and d.sha256 not in done | in_flight),
         key=lambda d: (risk(d), -d.size, d.sha256),
     )[: max(runs, 0) * per_run]
     batches = [todo[start : start + per_run] for start in range(0, len(todo), per_run)]
@@ -112,6 +115,27 @@ def run_key(batch: list[Deficit], bucket: int) -> str:
 
 
 # ---- Dagster --------------------------------------------------------------------------
+
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _in_flight(instance: dg.DagsterInstance) -> frozenset[str]:
+    """Artifacts named by repair runs not finished yet (at most RUNS_PER_TICK × a few)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=repair_replicas.name, statuses=UNFINISHED),
+        limit=RUNS_PER_TICK * 10,
+    )
+    shas: set[str] = set()
+    for run in runs:
+        shas.update(
+            run.run_config.get("ops", {}).get("repair", {}).get("config", {}).get("shas", [])
+        )
+    return frozenset(shas)
 
 
 def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
@@ -152,7 +176,12 @@ def replication_deficit(
     context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog
 ) -> Tick:
     deficits = _deficits(fleet, catalog)
-    batches, cursor = plan_repairs(deficits, RepairCursor.from_json(context.cursor), time.time())
+    batches, cursor = plan_repairs(
+        deficits,
+        RepairCursor.from_json(context.cursor),
+        time.time(),
+        in_flight=_in_flight(context.instance),
+    )
     if not batches:
         return dg.SkipReason(
             f"{len(deficits)} artifact(s) below policy, none to request now"

@@ -4,6 +4,7 @@ behind fleetsync's back (and dropped from the catalog, as an audit would) comes 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,33 @@ def test_a_file_rewritten_in_place_is_never_repaired_by_the_repair_job(tmp_path)
 
     assert foreign.read_bytes() == b"a canonical DB fleetsync did not make"
     assert {r.node for r in catalog.replicas_of([canonical])} == {kept.node}
+
+
+def test_a_repair_still_queued_or_running_is_not_requested_again_when_the_hour_rolls(tmp_path):
+    """The retry bucket rolls every hour; a repair run that has not finished by then (a
+    slow copy, a long queue) must not be raced by a second run for the same artifacts."""
+    fleet, catalog, _, resources = _collected_fleet(tmp_path)
+    victim = next(r for r in catalog.replicas_of(catalog.artifacts_of(SNAPSHOT_KIND)))
+    (Path(fleet.node(victim.node).data_root) / victim.path).unlink()
+    catalog.drop_replicas(victim.node, [(victim.sha256, victim.path)])
+    reads = {key: resources[key] for key in ("inventory", "catalog")}
+
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+            ctx = dg.build_sensor_context(instance=instance, resources=reads, cursor=cursor)
+            return replication_deficit(ctx)
+
+        first = tick(None)
+        assert isinstance(first, dg.SensorResult)
+        [run] = first.run_requests
+        pending = instance.create_run_for_job(
+            repair_replicas, run_config=run.run_config, status=dg.DagsterRunStatus.STARTED
+        )
+        last_hour = json.dumps({"bucket": json.loads(first.cursor)["bucket"] - 1, "requested": []})
+        assert isinstance(tick(last_hour), dg.SkipReason)  # still running: not again
+
+        instance.report_run_failed(pending)  # ended without repairing: ask again
+        again = tick(last_hour)
+        assert isinstance(again, dg.SensorResult)
+        assert [r.run_config for r in again.run_requests] == [run.run_config]

@@ -59,15 +59,25 @@ def oracle(table: list[Deficit], already: set[str], limit: int) -> list[str]:
     runs=st.integers(0, 4),
     per_run=st.integers(1, 5),
     now=st.floats(0, 1e9),
+    running=st.sets(st.sampled_from(SHAS), max_size=10),
 )
-def test_repairs_riskiest_first_at_most_k_runs(table, requested, same_bucket, runs, per_run, now):
+def test_repairs_riskiest_first_at_most_k_runs(
+    table, requested, same_bucket, runs, per_run, now, running
+):
     bucket = int(now // 3600)
     cursor = RepairCursor(bucket if same_bucket else bucket - 1, frozenset(requested))
     batches, after = plan_repairs(
-        table, cursor, now, runs=runs, per_run=per_run, retry_after_s=3600
+        table,
+        cursor,
+        now,
+        runs=runs,
+        per_run=per_run,
+        retry_after_s=3600,
+        in_flight=frozenset(running),
     )
 
-    already = requested if same_bucket else set()
+    # Requested in this bucket, or in a repair run still going: not requested again.
+    already = (requested if same_bucket else set()) | running
     flat = [d.sha256 for batch in batches for d in batch]
     assert flat == oracle(table, already, runs * per_run)
     assert len(batches) <= runs
@@ -78,7 +88,7 @@ def test_repairs_riskiest_first_at_most_k_runs(table, requested, same_bucket, ru
     # The cursor: this bucket, what was requested before and is still short, plus now.
     short = {d.sha256 for d in table}
     assert after.bucket == bucket
-    assert after.requested == (already & short) | set(flat)
+    assert after.requested == ((requested if same_bucket else set()) & short) | set(flat)
     assert RepairCursor.from_json(after.to_json()) == after
 
 
