@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import dagster as dg
 
@@ -132,9 +132,8 @@ def _in_flight(instance: dg.DagsterInstance) -> frozenset[str]:
     )
     shas: set[str] = set()
     for run in runs:
-        shas.update(
-            run.run_config.get("ops", {}).get("repair", {}).get("config", {}).get("shas", [])
-        )
+        config: Any = run.run_config
+        shas.update(config.get("ops", {}).get("repair", {}).get("config", {}).get("shas", []))
     return frozenset(shas)
 
 
