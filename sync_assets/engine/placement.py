@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from resources.catalog import COUNTED_NODE_STATES, ReplicaState
+from resources.catalog import COUNTED_NODE_STATES, NodeState, ReplicaState
 
 GIB = 1024**3
 
@@ -62,7 +62,10 @@ def plan_replication(
     node_rows = nodes.set_index("name")
     active = node_rows[node_rows["state"].isin(COUNTED_NODE_STATES)]  # lost ones never count
     durable_active = {n for n in active.index if bool(active.at[n, "durable"])}
-    durable_targets = sorted(durable_active - unavailable)
+    # A suspect node's copies still count, but it serves and receives nothing until a
+    # probe answers and its audit passes: a copy sent to it now may be a copy lost.
+    serving = set(node_rows.index[node_rows["state"] == NodeState.ACTIVE]) - unavailable
+    durable_targets = sorted(durable_active & serving)
     ephemeral = set(active.index[active["ephemeral"].astype(bool)])
     free = {n: _free_bytes_within_floor(active.loc[n], floor) for n in durable_targets}
     planned_out: dict[str, int] = {}
@@ -88,7 +91,7 @@ def plan_replication(
     blocked_rows: list[tuple[object, ...]] = []
     for priority, _, art, copies, have_nodes, have, want in deficits:
         missing = want - have
-        sources = sorted(n for n in copies if n in active.index and n not in unavailable)
+        sources = sorted(copies & serving)
         if not sources:
             reason = "no reachable copy to copy from" if copies else "no copy anywhere"
             blocked_rows.append((*_about(art), reason))

@@ -256,7 +256,7 @@ def fleet_states(draw):
                 ephemeral=draw(st.booleans()),
                 total=total,
                 free=free,
-                state=draw(st.sampled_from(["active", "active", "retired"])),
+                state=draw(st.sampled_from(["active", "active", "suspect", "lost", "retired"])),
             )
         )
     arts = [
@@ -276,10 +276,11 @@ def fleet_states(draw):
 @settings(max_examples=400, deadline=None)
 @given(fleet_states())
 def test_plan_never_passes_a_disk_floor_nor_uses_unknown_space(state):
-    """Invariants, checked with arithmetic written here: every target is an active,
-    available durable node whose disk was probed; the bytes planned onto it fit under
-    both the use ratio and the absolute floor; no artifact gets more copies than it
-    lacks; every source holds a usable copy."""
+    """Invariants, checked with arithmetic written here: every target is an active (not
+    suspect), available durable node whose disk was probed; the bytes planned onto it
+    fit under both the use ratio and the absolute floor; no artifact gets more copies
+    than it lacks (copies on suspect nodes still count, lost ones not); every source is
+    an active node holding a usable copy."""
     arts, reps, nodes, mins, unavailable = state
     p = plan(arts, reps, nodes=nodes, mins=mins, unavailable=unavailable)
     by_name = {n["name"]: n for n in nodes}
@@ -296,7 +297,8 @@ def test_plan_never_passes_a_disk_floor_nor_uses_unknown_space(state):
         total, free = by_name[name]["disk_total_bytes"], by_name[name]["disk_free_bytes"]
         assert used <= free - (1 - FLOOR.max_target_use) * total
         assert used <= free - FLOOR.min_free_gb * GIB
-    durable_active = {n["name"] for n in nodes if n["durable"] and n["state"] == "active"}
+    counted = ("active", "suspect")
+    durable_active = {n["name"] for n in nodes if n["durable"] and n["state"] in counted}
     for sha, kind, _ in arts:
         have = {r[1] for r in reps if r[0] == sha and r[2] == "verified"} & durable_active
         copies = (p.transfers["sha256"] == sha).sum()
