@@ -6,6 +6,7 @@ not to do is returned with a reason, so the UI can show *why* (LESSONS 1).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,16 +157,20 @@ def fanout_wave(
     missing: list[str],
     per_source: int,
     unavailable: frozenset[str] = frozenset(),
+    busy: Mapping[str, int] | None = None,
 ) -> list[tuple[str, str]]:
     """The next wave of (source, target) copies that put one artifact on `missing` nodes.
 
     `holders` are the nodes whose copy is *confirmed now* (a copy that failed in the
-    previous wave must not serve this one), `missing` the nodes still lacking it (a
-    holder may be one of them: it holds the bytes elsewhere). Each source serves at most
-    `per_source` targets per wave; the caller adds the targets that succeeded to
-    `holders` and asks again, so a 100-node push is a tree, not a star from the
-    coordinator (LESSONS 2). Unavailable nodes are neither sources nor targets."""
-    load = dict.fromkeys(sorted(n for n in holders if n not in unavailable), 0)
+    previous wave must not serve this one), `missing` the nodes still lacking it and not
+    being copied to (a holder may be one of them: it holds the bytes elsewhere). Each
+    source serves at most `per_source` targets at once, counting the `busy` copies it is
+    still serving; the caller adds the targets that succeeded to `holders` and asks
+    again (a pipelined caller as soon as any copy ends), so a 100-node push is a tree,
+    not a star from the coordinator (LESSONS 2). Unavailable nodes are neither sources
+    nor targets."""
+    running = busy or {}
+    load = {n: running.get(n, 0) for n in sorted(holders) if n not in unavailable}
     wave: list[tuple[str, str]] = []
     for target in missing:
         if not load or target in unavailable:

@@ -7,7 +7,9 @@ DBs; later shards and models). No Dagster here: assets call it and report the re
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -322,6 +324,11 @@ def _replicate_once(
     return again
 
 
+# Copies of one `distribute` running at once: each thread only waits on its nodes, and the
+# bound keeps a push to a thousand nodes from opening a thousand sessions at once.
+MAX_PARALLEL_COPIES = 32
+
+
 def distribute(
     sha256: str,
     path: str,
@@ -330,13 +337,16 @@ def distribute(
     catalog: Catalog,
     transports: Transports,
 ) -> ReplicationResult:
-    """Put one artifact at `path` on every target node, fanned out in waves; nodes that
-    received it serve the next wave. Copies are verified and recorded like any other.
+    """Put one artifact at `path` on every target node, fanned out as a tree; nodes that
+    received it serve the next ones. Copies are verified and recorded like any other.
 
     A target the catalog says already holds it is looked at first (a "nothing to do" is
-    confirmed on disk, not taken on the catalog's word). Each wave is planned from the
-    copies that exist now: a target whose copy failed never serves, and a source found
-    gone is dropped and its target served by another holder."""
+    confirmed on disk, not taken on the catalog's word). Copies run concurrently, each
+    source serving at most `policy.transfers_per_node` at once, and pipelined: as soon as
+    one copy ends, the next ones are planned from the copies that exist then (on capped
+    links a fan-out costs about log2(nodes) copy times, not one per node). A target whose
+    copy failed never serves, and a source found gone is dropped and its target served
+    by another holder."""
     result = ReplicationResult()
     # Departed nodes serve nothing.
     mine = catalog.replicas_of([sha256], AUDITED_STATES, node_names(fleet.nodes))
@@ -350,30 +360,43 @@ def distribute(
     done = {r.node for r in mine if r.path == path}
     missing = [t for t in targets if t not in done]
     unavailable = unavailable_nodes(catalog)
-    while missing:
-        wave = fanout_wave(set(source_paths), missing, fleet.policy.transfers_per_node, unavailable)
-        if not wave:
-            break
-        for source, target in wave:
-            if source not in source_paths:  # found gone earlier in this wave
-                continue
-            [outcome] = copy_recorded(
-                fleet.node(source),
-                fleet.node(target),
-                [CopyItem(source_paths[source][0], path, sha256)],
-                catalog,
-                transports,
+    # future -> (source, the source's path it reads, target)
+    running: dict[Future[list[CopyResult | TransferError]], tuple[str, str, str]] = {}
+    with ThreadPoolExecutor(max(1, min(MAX_PARALLEL_COPIES, len(missing)))) as pool:
+        while True:
+            in_flight = {target for _, _, target in running.values()}
+            wave = fanout_wave(
+                set(source_paths),
+                [t for t in missing if t not in in_flight],
+                fleet.policy.transfers_per_node,
+                unavailable,
+                busy=Counter(source for source, _, _ in running.values()),
             )
-            result.note(outcome)
-            if isinstance(outcome, SourceGone):
-                # The target stays missing: another path or holder serves it next wave.
-                source_paths[source].pop(0)
-                if not source_paths[source]:
-                    del source_paths[source]
-                continue
-            missing.remove(target)
-            if isinstance(outcome, CopyResult):
-                source_paths.setdefault(target, [path])
+            for source, target in wave:
+                item = CopyItem(source_paths[source][0], path, sha256)
+                future = pool.submit(
+                    copy_recorded,
+                    fleet.node(source), fleet.node(target), [item], catalog, transports,
+                )  # fmt: skip
+                running[future] = (source, item.src_path, target)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: running[f][2]):  # noted in order
+                source, source_path, target = running.pop(future)
+                [outcome] = future.result()
+                result.note(outcome)
+                if isinstance(outcome, SourceGone):
+                    # The target stays missing: another path or holder serves it next.
+                    paths = source_paths.get(source, [])
+                    if source_path in paths:  # copies running from it may find it gone too
+                        paths.remove(source_path)
+                    if not paths:
+                        source_paths.pop(source, None)
+                    continue
+                missing.remove(target)
+                if isinstance(outcome, CopyResult):
+                    source_paths.setdefault(target, [path])
     if missing and not set(source_paths) - unavailable:
         result.findings.append(
             f"{sha256[:16]}: no copy left to copy from; not placed on {', '.join(sorted(missing))}"
