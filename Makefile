@@ -39,6 +39,7 @@ bench: venv system-deps
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_elo.py
 	$(BIN)/python bench/bench_deficit.py
+	$(BIN)/python bench/bench_fanout.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -65,6 +65,9 @@ class SshdFleet:
     first_octet: int = 11
     user: str = field(default_factory=getpass.getuser)
     nodes: dict[str, SshdNode] = field(default_factory=dict)
+    # node name -> (network namespace, its address there): that node's sshd runs in the
+    # namespace (made by the caller) on port 22 of that address, not on loopback.
+    netns: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def client_key(self) -> Path:
@@ -80,7 +83,8 @@ class SshdFleet:
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
         for i, name in enumerate(self.names):
-            node = self._configure(name, f"127.0.0.{self.first_octet + i}", authorized)
+            host = self.netns[name][1] if name in self.netns else f"127.0.0.{self.first_octet + i}"
+            node = self._configure(name, host, authorized)
             self.nodes[name] = node
             self._launch(node)
         return self
@@ -94,7 +98,7 @@ class SshdFleet:
         public = host_key_file.with_suffix(".pub").read_text().split()
         data_root = self.root / "nodes" / name
         data_root.mkdir(parents=True, exist_ok=True)
-        port = _free_port(host)
+        port = 22 if name in self.netns else _free_port(host)
         config = home / "sshd_config"
         config.write_text(
             f"ListenAddress {host}:{port}\nHostKey {host_key_file}\n"
@@ -103,8 +107,9 @@ class SshdFleet:
         return SshdNode(name, host, port, data_root, f"{public[0]} {public[1]}", config)
 
     def _launch(self, node: SshdNode) -> None:
+        netns = ["ip", "netns", "exec", self.netns[node.name][0]] if node.name in self.netns else []
         node.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(node.config)],
+            [*netns, SSHD, "-D", "-e", "-f", str(node.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
