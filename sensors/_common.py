@@ -1,6 +1,13 @@
-"""What every fleetsync sensor does first: read the inventory, or skip the tick saying why."""
+"""What every fleetsync sensor does first: read the inventory, or skip the tick saying why.
 
-from collections.abc import Callable
+`FLEETSYNC_SENSOR_INTERVAL_S`, when set, is every fleet sensor's minimum interval (read
+when the code location loads): tests and benchmarks under a real `dagster-daemon` tick
+in seconds instead of minutes. Unset in production.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -10,12 +17,34 @@ from sync_assets.fleet.inventory import Fleet, InventoryError, load_fleet
 
 Tick = dg.SensorResult | dg.SkipReason
 Decide = Callable[[dg.SensorEvaluationContext, Fleet, Catalog], Tick]
+INTERVAL_ENV = "FLEETSYNC_SENSOR_INTERVAL_S"
+# Run config of the chain sensors' runs: their jobs have one step each, so the step runs in
+# the run's own process instead of a second interpreter (one start-up per run, not two).
+IN_PROCESS: dict[str, object] = {"execution": {"config": {"in_process": {}}}}
+# Runs not finished yet: a chain sensor requests no second run beside one of these.
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def sensor_interval(default_s: int) -> int:
+    """`default_s`, or the whole positive number of seconds in FLEETSYNC_SENSOR_INTERVAL_S."""
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return default_s
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{INTERVAL_ENV}={text!r}: expected a whole number of seconds, >= 1")
+    return int(text)
 
 
 def fleet_sensor(
     name: str,
     interval_s: int,
     job_name: str | None = None,
+    jobs: Sequence[Any] | None = None,  # several targets: `dg.define_asset_job` results
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> Callable[[Decide], dg.SensorDefinition]:
     """A sensor deciding from the fleet and the catalog; an invalid inventory skips the tick."""
@@ -23,8 +52,9 @@ def fleet_sensor(
     def wrap(decide: Decide) -> dg.SensorDefinition:
         @dg.sensor(
             name=name,
-            minimum_interval_seconds=interval_s,
+            minimum_interval_seconds=sensor_interval(interval_s),
             job_name=job_name,
+            jobs=jobs,
             default_status=default_status,
         )
         def tick(
@@ -39,3 +69,14 @@ def fleet_sensor(
         return tick
 
     return wrap
+
+
+def partitions_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> set[str]:
+    """Partitions of `job_name` with a run queued or running (Dagster's run storage, one
+    bounded query): a chain waits for it instead of queueing a second run behind it."""
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1000
+    )
+    return {
+        key for r in records if (key := r.dagster_run.tags.get("dagster/partition")) is not None
+    }

@@ -1,10 +1,12 @@
-"""`training_trigger`: enough new canonical games since the last export → export that config."""
+"""`training_trigger`: enough new canonical games since the last export → export that config.
+
+On by default: an export only writes a new content-addressed shard and verifies it."""
 
 import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from sensors._common import Tick, fleet_sensor
+from sensors._common import IN_PROCESS, Tick, fleet_sensor
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.kinds import GAMES_CANONICAL, NPZ
 
@@ -30,7 +32,12 @@ def configs_due(
     return due
 
 
-@fleet_sensor("training_trigger", 120, job_name="export_npz")
+@fleet_sensor(
+    "training_trigger",
+    120,
+    job_name="export_npz",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def training_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     aliases = catalog.aliases_frame([NPZ_ALIAS, GAMES_CANONICAL.alias])
     exported = aliases[aliases["kind"] == NPZ_ALIAS].set_index("config")["updated_at"]
@@ -45,6 +52,7 @@ def training_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog:
                 # One export per canonical DB version: a later merge allows a new run.
                 run_key=f"npz:{config}:{canonical.get(config, 'none')}",
                 partition_key=config,
+                run_config=IN_PROCESS,
                 tags={"fleetsync/new_games": str(new)},
             )
             for config, new in sorted(due.items())

@@ -8,7 +8,9 @@ from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
+from sensors.ratings_chain import ratings_distribution, ratings_trigger
 from sensors.replication_deficit import replication_deficit
+from sensors.shard_distribution import shard_distribution
 from sensors.training_trigger import training_trigger
 from sync_assets.elo.assets import elo_matches, elo_on_node, elo_ratings
 from sync_assets.fleet.assets import node_status
@@ -47,7 +49,8 @@ defs = dg.Definitions(
     ],
     # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
     jobs=[*JOBS, repair_replicas],
-    sensors=[node_discovery, training_trigger, model_promotion, replication_deficit],
+    sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
+    + [shard_distribution, ratings_trigger, ratings_distribution],  # item 7: the chains
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sensors.model_promotion import nodes_to_serve
+from sensors.fan_out import Current, nodes_to_serve
 from sensors.training_trigger import configs_due
 from sync_assets.models.promotion import Standing, decide_promotion
 
@@ -58,10 +58,11 @@ def test_model_pushes_fan_out_with_the_holders():
          "state": ["verified"]}
     )
     gpus = [f"gpu-{i}" for i in range(10)]
-    first = nodes_to_serve({"a": sha}, reps, gpus, per_source=2)
-    assert [n for n, _, _ in first] == ["gpu-0", "gpu-1"]  # one holder × 2
+    model = [Current("a", sha, "models/canonical_a.pth")]
+    first = nodes_to_serve(model, reps, gpus, per_source=2)
+    assert list(first) == ["gpu-0", "gpu-1"]  # one holder × 2
     reps = pd.concat([reps, pd.DataFrame(
         {"sha256": [sha] * 2, "node": ["gpu-0", "gpu-1"],
          "path": ["models/canonical_a.pth"] * 2, "state": ["verified"] * 2})])
-    second = nodes_to_serve({"a": sha}, reps, gpus, per_source=2)
-    assert [n for n, _, _ in second] == [f"gpu-{i}" for i in range(2, 8)]  # 3 holders × 2
+    second = nodes_to_serve(model, reps, gpus, per_source=2)
+    assert list(second) == [f"gpu-{i}" for i in range(2, 8)]  # 3 holders × 2
