@@ -567,8 +567,10 @@ class SshTransport(Transport):
     def _ssh_argv(self, node: Node) -> Argv:
         """OpenSSH client for bulk streams: same pinned host key and key as paramiko."""
         known_hosts = self._workdir / f"known_hosts.{node.name}"
-        if node.host_key:
-            known_hosts.write_text(f"{_known_hosts_name(node)} {node.host_key}\n")
+        if node.host_key:  # written aside, then renamed: a concurrent stream never reads half
+            staged = known_hosts.with_name(f"{known_hosts.name}.{threading.get_ident()}")
+            staged.write_text(f"{_known_hosts_name(node)} {node.host_key}\n")
+            os.replace(staged, known_hosts)
         else:
             known_hosts = Path(os.path.expanduser(node.known_hosts or "/nonexistent"))
         key = os.path.expanduser(node.key or "")
