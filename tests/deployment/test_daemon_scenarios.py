@@ -1,0 +1,141 @@
+"""Scenarios under a real `dagster-daemon` (issue 10): the fleet looks after itself.
+
+Each test starts the daemon on a temporary instance over a local demo fleet
+(`tests/deployment/daemon.py`), with the sensors that are on by default ticking every
+`FLEETSYNC_SENSOR_INTERVAL_S` = 2 s, changes the world the way the fleet would (new games
+merged, new matches collected, a durable node gone), and waits, against a deadline, for
+the outcome on the nodes' disks — no run is started by the test. The daemon and every
+process it started are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resources.catalog import NodeState
+from sync_assets.elo.collect import collect_node_matches
+from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
+from sync_assets.engine.probe import probe_and_record
+from sync_assets.games.canonical import merge_canonical
+from sync_assets.games.collect import SNAPSHOT_KIND, collect_node_games
+from sync_assets.kinds import GAMES_CANONICAL, NPZ
+from sync_assets.training.shards import NPZ_SOURCE_ALIAS, node_shard_path
+from tests.deployment.daemon import CONFIG, Deployment
+
+pytestmark = pytest.mark.slow
+
+# A generous ceiling for a loaded 2-core machine; a scenario takes well under it alone.
+DEADLINE_S = 240.0
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path)
+    yield deployment
+    deployment.stop()
+    assert not deployment.processes(), "daemon processes survived the teardown"
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _succeeded(deployment: Deployment) -> set[tuple[str, str]]:
+    """(job, sensor that requested it) of every successful run."""
+    return {(r["job"], r["sensor"]) for r in deployment.runs() if r["status"] == "SUCCESS"}
+
+
+def test_new_canonical_db_is_exported_and_its_shard_reaches_the_training_node(deployment):
+    d = deployment
+    d.run_only({"training_trigger", "shard_distribution"})
+    d.start()
+    for node in d.fleet.nodes:
+        assert not collect_node_games(node, d.fleet, d.catalog, d.transports).replication.failures
+    merge_canonical(CONFIG, d.fleet, d.catalog, d.transports)
+    canonical = d.catalog.alias(GAMES_CANONICAL.alias, CONFIG)
+    assert canonical is not None
+    on_node = Path(d.fleet.node("train-1").data_root) / node_shard_path(CONFIG)
+
+    chain = {("export_npz", "training_trigger"), ("npz_to_nodes", "shard_distribution")}
+
+    def shard_on_training_node() -> bool:
+        sha = d.catalog.alias(NPZ.alias, CONFIG)
+        return sha is not None and _sha256(on_node) == sha and chain <= _succeeded(d)
+
+    d.wait_for("the new canonical DB's shard on train-1", shard_on_training_node, DEADLINE_S)
+    assert d.catalog.alias(NPZ_SOURCE_ALIAS, CONFIG) == canonical  # exported from it
+
+
+def test_new_matches_are_rated_and_the_ratings_reach_the_eval_node(deployment):
+    d = deployment
+    d.run_only({"ratings_trigger", "ratings_distribution"})
+    d.start()
+    gpu = d.fleet.node("gpu-1")  # the eval node, whose Elo DB holds new matches
+    collected = collect_node_matches(gpu, d.fleet, d.catalog, d.transports)
+    assert collected.snapshot_taken and not collected.replication.failures
+    on_node = Path(gpu.data_root) / RATINGS_DB
+
+    chain = {("rate_models", "ratings_trigger"), ("ratings_to_nodes", "ratings_distribution")}
+
+    def ratings_on_eval_node() -> bool:
+        sha = d.catalog.alias(*RATINGS_ALIAS)
+        return (
+            sha is not None
+            and _sha256(on_node) == sha
+            and stat.S_IMODE(on_node.stat().st_mode) == 0o444
+            and chain <= _succeeded(d)
+        )
+
+    d.wait_for("ratings of the new matches on gpu-1", ratings_on_eval_node, DEADLINE_S)
+    with sqlite3.connect(f"file:{on_node}?mode=ro", uri=True) as db:
+        (rated,) = db.execute(
+            "SELECT count(*) FROM ratings WHERE board_type || '_' || num_players || 'p' = ?",
+            (CONFIG,),
+        ).fetchone()
+    assert rated > 0
+
+
+def test_a_lost_durable_node_is_repaired_from_the_other_replicas(deployment):
+    d = deployment
+    for node in d.fleet.nodes:
+        assert not collect_node_games(node, d.fleet, d.catalog, d.transports).replication.failures
+    snapshots = sorted(d.catalog.artifacts_of(SNAPSHOT_KIND))
+    durable = [n.name for n in d.fleet.durable_nodes]
+    held = {n: {r.sha256 for r in d.catalog.replicas_of(snapshots, nodes=[n])} for n in durable}
+    victim = max(durable, key=lambda n: len(held[n]))  # the durable node holding the most
+    assert held[victim]
+    d.run_only({"replication_deficit"})
+    d.start()
+
+    # The box vanishes with every copy on it; two missed probes lost_after_s apart.
+    node = d.fleet.node(victim)
+    Path(node.data_root).rename(f"{node.data_root}.gone")
+    probe_and_record(node, d.fleet, d.catalog, d.transports)
+    time.sleep(d.lost_after_s + 0.2)
+    probe_and_record(node, d.fleet, d.catalog, d.transports)
+    assert d.catalog.node_lifecycle()[victim][0] == NodeState.LOST
+
+    survivors = [n for n in durable if n != victim]
+
+    def every_snapshot_on_both_survivors() -> bool:
+        copies = d.catalog.replicas_of(snapshots, nodes=survivors)
+        on_disk = {
+            (r.sha256, r.node)
+            for r in copies
+            if _sha256(Path(d.fleet.node(r.node).data_root) / r.path) == r.sha256
+        }
+        repaired = on_disk == {(sha, n) for sha in snapshots for n in survivors}
+        return repaired and ("repair_replicas", "replication_deficit") in _succeeded(d)
+
+    d.wait_for("every snapshot back on two durable nodes", every_snapshot_on_both_survivors,
+               DEADLINE_S)  # fmt: skip
