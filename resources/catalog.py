@@ -233,6 +233,34 @@ breakers = sa.Table(
     sa.Column("last_error", sa.Text),
 )
 
+# --- audit and scrub on rotation (issue 10 item 3): tables -------------------------------
+# When each node was last audited (one listing against the catalog) and last scrubbed (a
+# byte budget re-hashed), so the next checks go to the nodes looked at longest ago.
+node_checks = sa.Table(
+    "node_checks",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("audited_at", sa.Float),  # None: never audited
+    sa.Column("scrubbed_at", sa.Float),  # None: never scrubbed
+    sa.Column("scrub_bytes", sa.BigInteger),  # bytes the last scrub re-hashed
+    sa.Column("last_finding", sa.Text),  # what the last audit or scrub said, one line
+)
+# What audits and scrubs found wrong with single replicas (missing, resized, corrupt,
+# rewritten), oldest first: the catalog row is gone, this says why (and where a corrupt
+# file was moved aside).
+check_findings = sa.Table(
+    "check_findings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(128), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("finding", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+# --- end of audit and scrub tables --------------------------------------------------------
+
 
 class LeaseHeld(RuntimeError):
     """Another holder owns the lease; the message names it."""
@@ -835,6 +863,85 @@ class Catalog(dg.ConfigurableResource):
     def opened_breakers(self) -> Sequence[sa.Row[Any]]:
         """The breaker rows that have opened (open, or half-open by now)."""
         return self._rows(sa.select(breakers).where(breakers.c.opened_at.is_not(None)))
+
+    # --- audit and scrub on rotation (issue 10 item 3) ----------------------------------
+
+    def node_checks(self) -> dict[str, sa.Row[Any]]:
+        """node → its `node_checks` row (audited_at, scrubbed_at, scrub_bytes,
+        last_finding); a node never checked has no row."""
+        return {row.node: row for row in self._rows(sa.select(node_checks))}
+
+    def record_audit(self, node: str, finding: str, at: float | None = None) -> None:
+        """The node was audited (or its audit was tried) at `at` (default: now)."""
+        self._record_check(node, {"audited_at": _now() if at is None else at}, finding)
+
+    def record_scrub(
+        self, node: str, scrubbed_bytes: int, finding: str, at: float | None = None
+    ) -> None:
+        """The node was scrubbed at `at` (default: now), `scrubbed_bytes` re-hashed."""
+        done = {"scrubbed_at": _now() if at is None else at, "scrub_bytes": scrubbed_bytes}
+        self._record_check(node, done, finding)
+
+    def _record_check(self, node: str, done: dict[str, Any], finding: str) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(node_checks).where(node_checks.c.node == node)).first()
+            kept = dict(row._mapping) if row is not None else {}
+            _replace(conn, node_checks, {"node": node}, kept | done | {"last_finding": finding})
+
+    def scrub_candidates(self, node: str, limit: int = 100_000) -> Sequence[sa.Row[Any]]:
+        """The node's verified replicas, least recently verified first (at most `limit`):
+        (sha256, path, size, verified_at, kind) rows. Staging copies are never scrubbed."""
+        r, a = replicas, artifacts
+        query = (
+            sa.select(r.c.sha256, r.c.path, r.c.size, r.c.verified_at, a.c.kind)
+            .join(a, a.c.sha256 == r.c.sha256)
+            .where((r.c.node == node) & (r.c.state == ReplicaState.VERIFIED))
+            .order_by(r.c.verified_at, r.c.path)
+            .limit(limit)
+        )
+        return self._rows(query)
+
+    def refresh_verified(self, node: str, replicas_at: Sequence[tuple[str, str]], at: float) -> int:
+        """The (sha256, path) verified replicas on `node` were hashed again, matching, at
+        `at`: their verified_at moves up to it (never back). Returns how many were asked."""
+        if not replicas_at:
+            return 0
+        r = replicas
+        with self.engine.begin() as conn:
+            conn.execute(
+                r.update()
+                .where(
+                    (r.c.node == node)
+                    & (r.c.sha256 == sa.bindparam("s"))
+                    & (r.c.path == sa.bindparam("p"))
+                    & (r.c.state == ReplicaState.VERIFIED)
+                    & (r.c.verified_at < at)
+                )
+                .values(verified_at=at),
+                [{"s": sha256, "p": path} for sha256, path in replicas_at],
+            )
+        return len(replicas_at)
+
+    def record_check_findings(
+        self, node: str, findings: Sequence[tuple[str, str, str, str]]
+    ) -> None:
+        """Log (sha256, path, finding, detail) found wrong on `node` by an audit or scrub."""
+        if findings:
+            rows = [
+                {"node": node, "at": _now(), "sha256": s, "path": p, "finding": f, "detail": d}
+                for s, p, f, d in findings
+            ]
+            with self.engine.begin() as conn:
+                conn.execute(check_findings.insert(), rows)
+
+    def check_findings_frame(self, node: str | None = None) -> pd.DataFrame:
+        """Every finding (on `node`, if given), oldest first."""
+        query = sa.select(check_findings).order_by(check_findings.c.id)
+        if node is not None:
+            query = query.where(check_findings.c.node == node)
+        return self._frame(query)
+
+    # --- end of audit and scrub on rotation ---------------------------------------------
 
     # --- leases ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from resources.catalog import Catalog
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sensors.fleet_audit import fleet_audit
 from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
 from sensors.ratings_chain import ratings_distribution, ratings_trigger
@@ -14,6 +15,7 @@ from sensors.shard_distribution import shard_distribution
 from sensors.training_trigger import training_trigger
 from sync_assets.elo.assets import elo_matches, elo_on_node, elo_ratings
 from sync_assets.fleet.assets import node_status
+from sync_assets.fleet.checks import audit_fleet
 from sync_assets.fleet.repair import repair_replicas
 from sync_assets.games.assets import games_canonical, games_selfplay
 from sync_assets.models.assets import candidate_spec, models_on_node, models_promoted
@@ -48,9 +50,10 @@ defs = dg.Definitions(
         elo_on_node,
     ],
     # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
-    jobs=[*JOBS, repair_replicas],
+    jobs=[*JOBS, repair_replicas, audit_fleet],
     sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
-    + [shard_distribution, ratings_trigger, ratings_distribution],  # item 7: the chains
+    + [shard_distribution, ratings_trigger, ratings_distribution]  # item 7: the chains
+    + [fleet_audit],  # item 3: audit and scrub on rotation
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),

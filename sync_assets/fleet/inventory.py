@@ -56,6 +56,15 @@ class ExportPolicy(_Strict):
     min_new_games: int = Field(50, ge=1)
 
 
+class ScrubPolicy(_Strict):
+    """The scrub on rotation (sync_assets/engine/scrub.py): bytes re-hashed per node, how
+    often, and how long one file may take."""
+
+    every_s: float = Field(86_400, gt=0)
+    budget_gib: float = Field(2, gt=0)
+    hash_timeout_s: float = Field(600, gt=0)
+
+
 class RetentionPolicy(_Strict):
     """What old data may be removed (CONTRACT.md); nothing acts on it yet."""
 
@@ -74,6 +83,7 @@ class Policy(_Strict):
     # No successful probe this long (or gone from its provider) -> the node is lost.
     lost_after_s: float = Field(600, gt=0)
     retention: RetentionPolicy = RetentionPolicy()
+    scrub: ScrubPolicy = ScrubPolicy()
 
 
 class Provider(_Strict):

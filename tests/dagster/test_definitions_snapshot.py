@@ -77,7 +77,7 @@ SENSORS_NOT_BUILT_YET = {
 }
 # Sensors beyond CONTRACT.md's list: extensions, each documented in the README.
 # Item 7 (README "Automation"): the shard and Elo chains.
-EXTENSION_SENSORS = {"shard_distribution", "ratings_trigger", "ratings_distribution"}
+EXTENSION_SENSORS = {"fleet_audit", "shard_distribution", "ratings_trigger", "ratings_distribution"}
 
 
 # ---- the snapshot ---------------------------------------------------------------------
