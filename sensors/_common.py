@@ -5,8 +5,9 @@ when the code location loads): tests and benchmarks under a real `dagster-daemon
 in seconds instead of minutes. Unset in production.
 """
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -28,6 +29,20 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+
+
+RETRY_AFTER_S = 3600  # a chain's run key names the hour: what is still missing is asked again
+
+
+def retry_hour(now: float) -> int:
+    """The retry bucket a run key names (`now` in epoch seconds)."""
+    return int(now // RETRY_AFTER_S)
+
+
+def set_digest(shas: Iterable[str]) -> str:
+    """One name for a set of artifacts, whatever their order or repeats (for run keys):
+    the first 16 hex digits of the SHA-256 of their distinct SHA-256s, sorted."""
+    return hashlib.sha256("\n".join(sorted(set(shas))).encode()).hexdigest()[:16]
 
 
 def sensor_interval(default_s: int) -> int:

@@ -19,12 +19,10 @@ import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog, ReplicaState
-from sensors._common import IN_PROCESS, Tick, partitions_in_flight
+from sensors._common import IN_PROCESS, Tick, partitions_in_flight, retry_hour
 from sync_assets.engine.replication import unavailable_nodes
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.partitions import NODES
-
-RETRY_AFTER_S = 3600  # a placement still missing is requested again in the next hour
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def nodes_to_serve(
 def run_key(prefix: str, node: str, versions: Iterable[Current], now: float) -> str:
     """Names the node, every version it is asked to hold, and the retry hour."""
     named = ",".join(sorted(f"{v.key}={v.sha256[:12]}" for v in versions))
-    return f"{prefix}:{node}:{named}:{int(now // RETRY_AFTER_S)}"
+    return f"{prefix}:{node}:{named}:{retry_hour(now)}"
 
 
 def fan_out(

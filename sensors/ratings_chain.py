@@ -13,13 +13,10 @@ Both read the catalog only (and Dagster's run storage for runs in flight); both 
 and verify (a rating rewrites derived rows from the raw matches), so both are on by default.
 """
 
-import hashlib
-from collections.abc import Iterable
-
 import dagster as dg
 
 from resources.catalog import Catalog
-from sensors._common import IN_PROCESS, Tick, fleet_sensor, partitions_in_flight
+from sensors._common import IN_PROCESS, Tick, fleet_sensor, partitions_in_flight, set_digest
 from sensors.fan_out import Current, fan_out
 from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
 from sync_assets.engine.replication import counted_durable_nodes
@@ -28,13 +25,6 @@ from sync_assets.kinds import ELO_SNAPSHOT
 
 RATE_JOB = "rate_models"
 DISTRIBUTE_JOB = "ratings_to_nodes"
-
-
-def matches_version(collected: Iterable[str]) -> str:
-    """One name for a set of collected match snapshots, whatever their order: the first 16
-    hex digits of the SHA-256 of their distinct SHA-256s, sorted."""
-    digest = hashlib.sha256("\n".join(sorted(set(collected))).encode())
-    return digest.hexdigest()[:16]
 
 
 def ratings_run_key(config: str, version: str) -> str:
@@ -49,7 +39,7 @@ def ratings_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: 
     collected = catalog.durable_copy_counts(durable, kind=ELO_SNAPSHOT.name)
     if not collected:
         return dg.SkipReason("no match snapshot collected yet")
-    version = matches_version(collected)
+    version = set_digest(collected)
     busy = partitions_in_flight(context, RATE_JOB)
     configs = [c for c in fleet.configs if c not in busy]
     if not configs:

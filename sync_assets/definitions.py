@@ -7,6 +7,7 @@ from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors.fleet_audit import fleet_audit
+from sensors.merge_trigger import merge_trigger
 from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
 from sensors.ratings_chain import ratings_distribution, ratings_trigger
@@ -52,7 +53,7 @@ defs = dg.Definitions(
     # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
     jobs=[*JOBS, repair_replicas, audit_fleet],
     sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
-    + [shard_distribution, ratings_trigger, ratings_distribution]  # item 7: the chains
+    + [merge_trigger, shard_distribution, ratings_trigger, ratings_distribution]  # item 7
     + [fleet_audit],  # item 3: audit and scrub on rotation
     resources={
         "inventory": FleetInventory(),

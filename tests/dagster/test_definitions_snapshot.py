@@ -76,8 +76,10 @@ SENSORS_NOT_BUILT_YET = {
     "transfer_failures",
 }
 # Sensors beyond CONTRACT.md's list: extensions, each documented in the README.
-# Item 7 (README "Automation"): the shard and Elo chains.
-EXTENSION_SENSORS = {"fleet_audit", "shard_distribution", "ratings_trigger", "ratings_distribution"}
+EXTENSION_SENSORS = {"fleet_audit"}
+# Item 7 (README "Automation"): the games, shard and Elo chains.
+EXTENSION_SENSORS |= {"merge_trigger", "shard_distribution"}
+EXTENSION_SENSORS |= {"ratings_trigger", "ratings_distribution"}
 
 
 # ---- the snapshot ---------------------------------------------------------------------

@@ -12,9 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensors._common import INTERVAL_ENV, fleet_sensor, sensor_interval
-from sensors.fan_out import RETRY_AFTER_S, Current, nodes_to_serve, run_key
-from sensors.ratings_chain import matches_version
+from sensors._common import (
+    INTERVAL_ENV,
+    RETRY_AFTER_S,
+    fleet_sensor,
+    sensor_interval,
+    set_digest,
+)
+from sensors.fan_out import Current, nodes_to_serve, run_key
+from sensors.merge_trigger import merge_run_keys
 
 NODES = [f"n{i}" for i in range(8)]
 SHAS = [hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
@@ -100,18 +106,18 @@ def test_run_key_names_the_versions_whatever_their_order(versions, now, data):
 
 @settings(max_examples=500, deadline=None)
 @given(shas=st.lists(st.sampled_from(SHAS + ["e" * 64, "f" * 64]), min_size=1), data=st.data())
-def test_matches_version_is_the_set(shas, data):
+def test_set_digest_names_the_set(shas, data):
     """Order and repeats do not matter; a new snapshot in the set makes a new version."""
-    version = matches_version(shas)
-    assert version == matches_version(data.draw(st.permutations(shas)) + shas[:1])
+    version = set_digest(shas)
+    assert version == set_digest(data.draw(st.permutations(shas)) + shas[:1])
     missing = [s for s in SHAS + ["e" * 64, "f" * 64] if s not in shas]
     for extra in missing:
-        assert matches_version([*shas, extra]) != version
+        assert set_digest([*shas, extra]) != version
 
 
-def test_matches_version_of_distinct_sets_differ():
+def test_set_digest_of_distinct_sets_differ():
     sets = [frozenset(c) for r in range(4) for c in itertools.combinations(SHAS, r)]
-    assert len({matches_version(s) for s in sets}) == len(sets)
+    assert len({set_digest(s) for s in sets}) == len(sets)
 
 
 # ---- FLEETSYNC_SENSOR_INTERVAL_S ---------------------------------------------------------
@@ -143,3 +149,28 @@ def test_interval_override_must_be_whole_positive_seconds(monkeypatch, bad):
     monkeypatch.setenv(INTERVAL_ENV, bad)
     with pytest.raises(ValueError, match=INTERVAL_ENV):
         sensor_interval(60)
+
+
+# ---- merge_trigger -----------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pending=st.dictionaries(
+        st.sampled_from(["hex8_2p", "square8_2p", "hex8_4p"]), st.sets(st.sampled_from(SHAS))
+    ),
+    canonical=st.dictionaries(st.sampled_from(["hex8_2p", "square8_2p"]), st.sampled_from(SHAS)),
+    now=st.floats(0, 1e10),
+)
+def test_merge_is_asked_for_each_config_with_snapshots_to_merge(pending, canonical, now):
+    keys = merge_run_keys(pending, canonical, now)
+    assert set(keys) == {config for config, snapshots in pending.items() if snapshots}
+    assert len(set(keys.values())) == len(keys)  # one run per config
+    for config in keys:
+        # Anything new asks again: another snapshot, another canonical version, the next hour.
+        more = {**pending, config: pending[config] | {"f" * 64}}
+        assert merge_run_keys(more, canonical, now)[config] != keys[config]
+        newer = {**canonical, config: "e" * 64}
+        assert merge_run_keys(pending, newer, now)[config] != keys[config]
+        assert merge_run_keys(pending, canonical, now + RETRY_AFTER_S)[config] != keys[config]
+        assert merge_run_keys(pending, canonical, now)[config] == keys[config]
