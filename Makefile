@@ -40,6 +40,7 @@ bench: venv system-deps
 	$(BIN)/python bench/bench_elo.py
 	$(BIN)/python bench/bench_deficit.py
 	$(BIN)/python bench/bench_fanout.py
+	$(BIN)/python bench/bench_repair_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

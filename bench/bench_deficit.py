@@ -144,10 +144,10 @@ def timed(fn: Callable[..., T], *args: object) -> tuple[float, T]:
     return time.perf_counter() - start, out
 
 
-def write_section(text: str) -> None:
-    """Replace only our section of docs/BENCHMARKS.md (others own the rest)."""
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace only `section` of docs/BENCHMARKS.md (others own the rest)."""
     doc = BENCH_DOC.read_text() if BENCH_DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.M | re.S)
     if pattern.search(doc):
         doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc, count=1)
     else:
