@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -261,6 +260,63 @@ check_findings = sa.Table(
 )
 # --- end of audit and scrub tables --------------------------------------------------------
 
+# --- probing the whole fleet (issue 10 item 2): tables -----------------------------------
+# Every probe of every node, newest last: what `probes` (the latest) forgets. Kept for
+# PROBE_HISTORY_S, pruned at each probe of the node.
+probe_history = sa.Table(
+    "probe_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("reachable", sa.Boolean, nullable=False),
+    sa.Column("disk_total_bytes", sa.BigInteger),
+    sa.Column("disk_free_bytes", sa.BigInteger),
+    sa.Column("gpu_util_percent", sa.Float),  # None: unknown, never idle
+    sa.Column("jobs", sa.Integer),  # None: unknown
+    sa.Column("sessions", sa.Integer),  # None: unknown
+    sa.Column("error", sa.Text),
+    sa.Index("ix_probe_history_node_at", "node", "at"),
+)
+# The game and Elo DBs (games/*.db, elo/*.db) the last successful probe of a node saw:
+# the DB file and its WAL, as the collectors fingerprint them (`sources`).
+probe_databases = sa.Table(
+    "probe_databases",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # games | elo: its directory
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("wal_size", sa.BigInteger),  # None: no WAL file beside it
+    sa.Column("wal_mtime_ns", sa.BigInteger),
+    sa.Column("seen_at", sa.Float, nullable=False),
+)
+PROBE_HISTORY_S = 3 * 86400  # 100 nodes probed each minute: ~430k rows
+# --- end of probing tables ----------------------------------------------------------------
+
+
+# --- transfer_failures (issue 10 item 6): tables ----------------------------------------
+# Failed runs, one row per failed step (step '' for a run that failed outside a step):
+# which node and file, the error, and whether it was transient (retried). The newest
+# RUN_FAILURES_KEPT rows are kept.
+run_failures = sa.Table(
+    "run_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(256), nullable=False),
+    sa.Column("job", sa.String(256), nullable=False),
+    sa.Column("node", sa.String(128), nullable=False),  # '': no node (a repair run)
+    sa.Column("file", sa.Text, nullable=False),  # '': none named by the error
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("transient", sa.Boolean, nullable=False),
+    sa.Column("failed_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("run_id", "step"),
+)
+RUN_FAILURES_KEPT = 1000
+# --- end of transfer_failures tables ------------------------------------------------------
+
 
 class LeaseHeld(RuntimeError):
     """Another holder owns the lease; the message names it."""
@@ -382,13 +438,16 @@ class Catalog(dg.ConfigurableResource):
                 _replace(conn, nodes, {"name": n.name}, values)
 
     def record_probe(self, node: str, probe: NodeProbe) -> None:
+        """The node's latest probe (`probes`), one more row of its history (older rows than
+        PROBE_HISTORY_S pruned), and, when it answered, the DBs it saw."""
         now = _now()
-        seen = asdict(probe) | {"last_probe_at": now}
-        seen["probe_error"] = seen.pop("error")
+        seen = {c: getattr(probe, c) for c in _PROBE_COLUMNS if hasattr(probe, c)}
         with self.engine.begin() as conn:
             before = conn.scalar(sa.select(probes.c.silent_since).where(probes.c.node == node))
-            seen["silent_since"] = None if probe.reachable else now if before is None else before
-            _replace(conn, probes, {"node": node}, seen)
+            silent = None if probe.reachable else now if before is None else before
+            latest = {"last_probe_at": now, "probe_error": probe.error, "silent_since": silent}
+            _replace(conn, probes, {"node": node}, seen | latest)
+            self._record_probe_history(conn, node, probe, seen | {"at": now})
 
     def node_lifecycle(self) -> dict[str, tuple[NodeState, float | None]]:
         """Recorded node → (lifecycle state, first missed probe since the last success)."""
@@ -942,6 +1001,92 @@ class Catalog(dg.ConfigurableResource):
         return self._frame(query)
 
     # --- end of audit and scrub on rotation ---------------------------------------------
+
+    # --- probing the whole fleet (issue 10 item 2) ---------------------------------------
+
+    @staticmethod
+    def _record_probe_history(
+        conn: sa.Connection, node: str, probe: NodeProbe, seen: dict[str, Any]
+    ) -> None:
+        h = probe_history
+        facts = {"jobs": probe.jobs, "sessions": probe.sessions, "error": probe.error}
+        conn.execute(h.insert().values(node=node, **seen, **facts))
+        conn.execute(h.delete().where((h.c.node == node) & (h.c.at < seen["at"] - PROBE_HISTORY_S)))
+        if probe.reachable:
+            rows = [
+                {
+                    "path": live.db.path,
+                    "kind": live.db.path.split("/", 1)[0],
+                    "size": live.db.size,
+                    "mtime_ns": live.db.mtime_ns,
+                    "wal_size": live.wal.size if live.wal else None,
+                    "wal_mtime_ns": live.wal.mtime_ns if live.wal else None,
+                    "seen_at": seen["at"],
+                }
+                for live in probe.databases
+            ]
+            _replace(conn, probe_databases, {"node": node}, *rows)
+
+    def probe_history_frame(
+        self, node: str | None = None, since: float | None = None
+    ) -> pd.DataFrame:
+        """Probes (of `node`, at or after `since`, when given), oldest first: node, at,
+        reachable, disk_total_bytes, disk_free_bytes, gpu_util_percent, jobs, sessions, error."""
+        h = probe_history
+        query = sa.select(*(c for c in h.columns if c.name != "id")).order_by(h.c.at, h.c.id)
+        if node is not None:
+            query = query.where(h.c.node == node)
+        if since is not None:
+            query = query.where(h.c.at >= since)
+        return self._frame(query)
+
+    def probed_databases(self, nodes: Collection[str]) -> Sequence[sa.Row[Any]]:
+        """The DBs the last successful probes of `nodes` saw, one row each: node, path, kind,
+        size, mtime_ns, wal_size, wal_mtime_ns, seen_at; `reachable` (the node's latest
+        probe answered); `collected_fingerprint` and `collected_at` of the last snapshot
+        taken of that DB (`sources`; None: never snapshotted)."""
+        d, s, p = probe_databases, sources, probes
+        query = (
+            sa.select(
+                *d.columns,
+                p.c.reachable,
+                s.c.fingerprint.label("collected_fingerprint"),
+                s.c.snapshotted_at.label("collected_at"),
+            )
+            .join(p, p.c.node == d.c.node)
+            .outerjoin(s, (s.c.node == d.c.node) & (s.c.path == d.c.path))
+            .where(d.c.node.in_(sorted(nodes)))
+            .order_by(d.c.node, d.c.path)
+        )
+        return self._rows(query)  # rows, not a frame: nanosecond mtimes stay exact ints
+
+    # --- end of probing the whole fleet -------------------------------------------------
+
+    # --- transfer_failures (issue 10 item 6) ---------------------------------------------
+
+    def record_run_failures(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record failed steps (columns of `run_failures`); a (run_id, step) already
+        recorded stays as first written, so a sensor tick seen twice records once. Only
+        the newest RUN_FAILURES_KEPT rows are kept."""
+        with self.engine.begin() as conn:
+            for row in rows:
+                key = {"run_id": row["run_id"], "step": row["step"]}
+                _insert_new(conn, run_failures, key, **{k: row[k] for k in row.keys() - key})
+            oldest_kept = conn.execute(
+                sa.select(run_failures.c.id)
+                .order_by(run_failures.c.id.desc())
+                .offset(RUN_FAILURES_KEPT - 1)
+                .limit(1)
+            ).scalar()
+            if oldest_kept is not None:
+                conn.execute(run_failures.delete().where(run_failures.c.id < oldest_kept))
+
+    def recent_run_failures(self, limit: int) -> pd.DataFrame:
+        """The newest `limit` failed steps, newest first."""
+        query = sa.select(run_failures).order_by(run_failures.c.id.desc()).limit(limit)
+        return self._frame(query)
+
+    # --- end of transfer_failures ----------------------------------------------------------
 
     # --- leases ------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ from resources.catalog import Catalog
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync
 from sensors.fleet_audit import fleet_audit
+from sensors.fleet_probe import fleet_probe
 from sensors.merge_trigger import merge_trigger
 from sensors.model_promotion import model_promotion
 from sensors.node_discovery import node_discovery
@@ -25,11 +27,11 @@ from sync_assets.training.assets import training_npz, training_npz_on_node
 # One job per asset: sensors, backfills and `fleetsync sync` target them by name.
 JOBS = [
     dg.define_asset_job("probe_nodes", selection=[node_status]),
-    dg.define_asset_job("collect_games", selection=[games_selfplay]),
+    COLLECT_GAMES,
     dg.define_asset_job("merge_games", selection=[games_canonical]),
     dg.define_asset_job("export_npz", selection=[training_npz]),
     dg.define_asset_job("npz_to_nodes", selection=[training_npz_on_node]),
-    dg.define_asset_job("collect_matches", selection=[elo_matches]),
+    COLLECT_MATCHES,
     dg.define_asset_job("rate_models", selection=[elo_ratings]),
     dg.define_asset_job("ratings_to_nodes", selection=[elo_on_node]),
     dg.define_asset_job("promote_models", selection=[models_promoted]),
@@ -54,7 +56,8 @@ defs = dg.Definitions(
     jobs=[*JOBS, repair_replicas, audit_fleet],
     sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
     + [merge_trigger, shard_distribution, ratings_trigger, ratings_distribution]  # item 7
-    + [fleet_audit],  # item 3: audit and scrub on rotation
+    + [fleet_audit]  # item 3: audit and scrub on rotation
+    + [fleet_probe, ephemeral_sync],  # items 2 and 5: the fleet probed, fresh data collected
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),

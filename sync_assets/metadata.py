@@ -77,6 +77,7 @@ def fleet_asset(
     blocking: str | None = None,
     deps: Sequence[dg.AssetKey | dg.AssetDep] | None = None,
     pool: str | None = None,
+    backfill_policy: dg.BackfillPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """`@dg.asset` as every fleetsync asset is declared: partitioned per node or per
     config, retried on network errors; `blocking` names the check that stops downstream
@@ -89,6 +90,7 @@ def fleet_asset(
         kinds={kind},
         retry_policy=NETWORK_RETRY,
         pool=pool,
+        backfill_policy=backfill_policy,
         description=description,
         check_specs=[dg.AssetCheckSpec(c, asset=key, blocking=c == blocking) for c in checks],
     )

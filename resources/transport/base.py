@@ -12,7 +12,7 @@ import abc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 CHUNK_BYTES = 1 << 20  # streams and hashes move bounded blocks, never a whole file
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -99,14 +99,44 @@ class CopyItem(NamedTuple):
 
 
 @dataclass(frozen=True)
+class LiveDb:
+    """A game or Elo DB as a probe saw it: the DB file and its WAL (None: no WAL file)."""
+
+    db: RemoteFile
+    wal: RemoteFile | None
+
+
+@dataclass(frozen=True)
 class NodeProbe:
-    """What a probe saw; None means unknown (and unknown is never idle)."""
+    """What a probe saw; None means unknown (and unknown is never idle). `jobs` and
+    `sessions` follow the rules in `node_probe.py`; `databases` is every games/*.db and
+    elo/*.db under the data root (empty when unreachable: nothing was seen)."""
 
     reachable: bool
     disk_total_bytes: int | None = None
     disk_free_bytes: int | None = None
     gpu_util_percent: float | None = None
     error: str | None = None
+    jobs: int | None = None
+    sessions: int | None = None
+    databases: tuple[LiveDb, ...] = ()
+
+    @classmethod
+    def seen(cls, facts: dict[str, Any]) -> NodeProbe:
+        """A reachable node's probe from what `node_probe.probe` reported."""
+        live = []
+        for path, size, mtime_ns, wal_size, wal_mtime_ns in facts["databases"]:
+            wal = None if wal_size is None else RemoteFile(f"{path}-wal", wal_size, wal_mtime_ns)
+            live.append(LiveDb(RemoteFile(path, size, mtime_ns), wal))
+        return cls(
+            reachable=True,
+            disk_total_bytes=facts["disk_total_bytes"],
+            disk_free_bytes=facts["disk_free_bytes"],
+            gpu_util_percent=facts["gpu_util_percent"],
+            jobs=facts["jobs"],
+            sessions=facts["sessions"],
+            databases=tuple(live),
+        )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import stat as stat_mod
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from resources.transport import node_probe
 from resources.transport.base import (
     CHUNK_BYTES,
     Argv,
@@ -363,12 +363,13 @@ class LocalTransport(Transport):
     # ---- node ------------------------------------------------------------------
 
     def probe(self, node: Node) -> NodeProbe:
-        """Reachable means the data root exists; GPU use is unknown for a directory."""
+        """Reachable means the data root exists. The same facts as an SSH node's, seen by
+        the same code (`node_probe.probe`), in-process; the host's GPUs and SSH sessions are
+        not a directory's: unknown."""
         try:
-            usage = shutil.disk_usage(self._root(node, "probe"))
+            return NodeProbe.seen(node_probe.probe(str(self._root(node, "probe")), host=False))
         except (TransferError, OSError) as e:
             return NodeProbe(reachable=False, error=str(e))
-        return NodeProbe(reachable=True, disk_total_bytes=usage.total, disk_free_bytes=usage.free)
 
     def exec(
         self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600

@@ -33,7 +33,7 @@ from typing import Any
 
 import paramiko
 
-from resources.transport import node_agent
+from resources.transport import node_agent, node_probe
 from resources.transport.base import (
     CHUNK_BYTES,
     SHA256_HEX,
@@ -61,13 +61,19 @@ from resources.transport.paths import (
     safe_relpath,
     staging_name,
 )
-from resources.transport.programs import SQLITE_SNAPSHOT, RemoteProgramFailed, run_program
+from resources.transport.programs import (
+    SQLITE_SNAPSHOT,
+    Program,
+    RemoteProgramFailed,
+    run_program,
+)
 
 # The agent runs on the system interpreter when there is one: `python3` on PATH may be
 # a pyenv or conda shim costing ~0.2 s per start; -I: no PYTHON* variables, no user site.
 AGENT_COMMAND = 'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I -c ' + shlex.quote(
     Path(node_agent.__file__).read_text()
 )
+NODE_PROBE = Program("node_probe.py", node_probe)
 # AES-GCM first: hardware-accelerated on every x86/ARM server; chacha20 as fallback.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 # curve25519: the post-quantum hybrid OpenSSH 9 prefers costs ~0.1 s per connection
@@ -371,30 +377,16 @@ class SshTransport(Transport):
         self._check(node, self._run(node, f"rm -f -- {shlex.quote(absolute)}"), f"remove {rel}")
 
     def probe(self, node: Node) -> NodeProbe:
-        """Disk of the data root and GPU utilisation (mean over GPUs; None without nvidia-smi)."""
-        q = shlex.quote(node.data_root)
-        command = (
-            f"df -PB1 -- {q} | tail -n 1; echo '--'; "
-            "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null"
-            " || true"
-        )
+        """Everything a probe sees (`node_probe.py`: disk, GPUs, jobs, sessions, live DBs),
+        from one command on the node; any failure to run it is an unreachable node."""
         try:
-            out = self._check(node, self._run(node, command, timeout=30), "probe")
+            facts = run_program(self, node, NODE_PROBE, [], None, timeout=60)
         except TransferError as exc:
             return NodeProbe(reachable=False, error=str(exc))
-        disk, _, gpus = out.partition("--")
-        cols = disk.split()
-        utils = [float(v) for v in gpus.split() if v.replace(".", "", 1).isdigit()]
         try:
-            total, free = int(cols[1]), int(cols[3])
-        except (IndexError, ValueError):
-            return NodeProbe(reachable=True, error=f"probe: unreadable df output {disk!r}")
-        return NodeProbe(
-            reachable=True,
-            disk_total_bytes=total,
-            disk_free_bytes=free,
-            gpu_util_percent=sum(utils) / len(utils) if utils else None,
-        )
+            return NodeProbe.seen(facts)
+        except (KeyError, TypeError, ValueError) as exc:
+            return NodeProbe(reachable=True, error=f"node {node.name}: probe: unreadable {exc!r}")
 
     # ---- copies ----------------------------------------------------------------
 

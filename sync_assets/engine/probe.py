@@ -1,27 +1,56 @@
-"""Probe a node and record what was seen in the catalog; unknown stays unknown. Then the
-node lifecycle decision that follows (`sync_assets.fleet.lifecycle`), made and logged."""
+"""Probe nodes and record what was seen in the catalog; unknown stays unknown. Then the
+node lifecycle decision that follows (`sync_assets.fleet.lifecycle`), made and logged.
+A whole fleet is probed at once (one command per node, in parallel), recorded in turn."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from resources.catalog import Catalog, NodeState
 from resources.transport import Transports
-from resources.transport.base import NodeProbe, TransferError
+from resources.transport.base import NodeProbe, TransferError, Transport
 from sync_assets.engine import breaker
 from sync_assets.engine.audit import audit_node
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.fleet.lifecycle import NodeFacts, next_state
 
+PROBES_IN_FLIGHT = 32  # nodes probed at once; each probe is one command waiting on a node
+
 
 def probe_and_record(
     node: Node, fleet: Fleet, catalog: Catalog, transports: Transports
 ) -> NodeProbe:
-    """One probe of `node` (reachability, disk, GPU), fed to its breaker and recorded; a
-    node that answers after being suspect or lost is audited (one listing, no hashing)
-    before its copies count again."""
+    """One probe of `node` (reachability, disk, GPU, jobs, sessions, live DBs), fed to its
+    breaker and recorded; a node that answers after being suspect or lost is audited (one
+    listing, no hashing) before its copies count again."""
     transport = transports.for_node(node)
-    probe = transport.probe(node)
+    return _record(node, transport.probe(node), fleet, catalog, transport)
+
+
+def probe_fleet(
+    nodes: Sequence[Node],
+    fleet: Fleet,
+    catalog: Catalog,
+    transports: Transports,
+    in_flight: int = PROBES_IN_FLIGHT,
+) -> dict[str, NodeProbe]:
+    """Probe `nodes` concurrently, then record each probe as `probe_and_record` does, one
+    after the other (the catalog's writes and the lifecycle decisions stay serial)."""
+    # Transports are chosen here, in one thread: the SSH transport is made on first use.
+    chosen = [(node, transports.for_node(node)) for node in nodes]
+    with ThreadPoolExecutor(max_workers=max(1, min(in_flight, len(chosen)))) as pool:
+        seen = list(pool.map(lambda pair: pair[1].probe(pair[0]), chosen))
+    return {
+        node.name: _record(node, probe, fleet, catalog, transport)
+        for (node, transport), probe in zip(chosen, seen, strict=True)
+    }
+
+
+def _record(
+    node: Node, probe: NodeProbe, fleet: Fleet, catalog: Catalog, transport: Transport
+) -> NodeProbe:
     breaker.record(catalog, node.name, None if probe.reachable else probe.error or "unreachable")
     catalog.record_probe(node.name, probe)
     state, silent_since = catalog.node_lifecycle().get(node.name, (None, None))
