@@ -1,7 +1,8 @@
 """`fleetsync sync KIND --targets ...` and `sync(...)` in Python: request a sync now.
 
 Runs the kind's node-partitioned job once per target, in-process on the local Dagster
-instance ($DAGSTER_HOME), so the runs show in the UI like any other. Inventory nodes
+instance ($DAGSTER_HOME) by default, or submitted to a running deployment (`--url`, through
+Dagster's GraphQL client), so the runs show in the UI like any other. Inventory nodes
 missing from the `nodes` partitions are added first. One target failing never stops the
 others; each failure is reported with the reason the run failed with (an unreachable
 node, a changed host key), never as a traceback. A run that succeeds with a failed asset
@@ -12,12 +13,16 @@ failed run (`fleet/node_status`'s `reachable`, `games/selfplay`'s `every_db_coll
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from sync_assets.fleet.inventory import InventoryError, load_inventory
 from sync_assets.reports import one_line
@@ -39,6 +44,8 @@ ALL = "all"
 RUN_PRIORITY = {"high": "10", "normal": "0"}
 PRIORITY_TAG = "dagster/priority"
 SYNC_TAG = "fleetsync/sync"  # value: the KIND; marks runs requested through this facade
+PARTITION_TAG = "dagster/partition"  # how a submitted run names its `nodes` partition
+NODES_PARTITIONS = "nodes"  # sync_assets.partitions.NODES (not imported: it loads Dagster)
 # Progress and summary are ours; the per-event log stays in the UI.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -48,12 +55,14 @@ _DAGSTER_WRAPPERS = {"RetryRequestedFromPolicy"}
 
 @dataclass(frozen=True)
 class TargetResult:
-    """One target's run: `ok`, or the reason it failed (one line)."""
+    """One target's run: `ok`, or the reason it failed (one line). `submitted`: the run
+    was handed to a deployment and not waited for (ok means only that it was accepted)."""
 
     node: str
     ok: bool
     reason: str = ""
     run_id: str | None = None
+    submitted: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ def check_failure_line(check: str, description: str | None, details: Mapping[str
 
 
 def target_line(target: TargetResult) -> str:
+    if target.submitted:
+        return f"node {target.node}: submitted (run {target.run_id})"
     return f"node {target.node}: " + ("ok" if target.ok else f"FAILED: {target.reason}")
 
 
@@ -137,8 +148,12 @@ def summary_lines(result: SyncResult) -> list[str]:
     """The closing lines: refused request, or counts and every failed target with why."""
     if result.problems:
         return list(result.problems)
-    done = len(result.targets) - len(result.failed)
-    lines = [f"sync {result.kind}: {done} of {len(result.targets)} target(s) ok"]
+    n = len(result.targets)
+    submitted = sum(1 for t in result.targets if t.submitted)
+    done = n - len(result.failed) - submitted
+    lines = [f"sync {result.kind}: {done} of {n} target(s) ok"] if done or not submitted else []
+    if submitted:
+        lines.append(f"sync {result.kind}: {submitted} of {n} run(s) submitted, not waited for")
     if result.failed:
         lines.append(f"failed: {', '.join(t.node for t in result.failed)}")
         lines += [f"  {target_line(t)}" for t in result.failed]
@@ -151,6 +166,119 @@ def exit_code(result: SyncResult) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a finished run said, read from an in-process result or a deployment's event
+    log alike: the failed steps' own errors, the run failure's messages, and a
+    `check_failure_line` for every asset check it failed."""
+
+    success: bool
+    step_errors: tuple[str, ...] = ()
+    run_failures: tuple[str, ...] = ()
+    failed_checks: tuple[str, ...] = ()
+
+
+def target_result(node: str, run_id: str | None, outcome: RunOutcome) -> TargetResult:
+    """A failed run fails its target with its failed steps' own errors (else the run
+    failure's message); a successful one fails it with every asset check it failed (an
+    unreachable probe, a skipped DB), else it is ok."""
+    if not outcome.success:
+        reasons = [r for r in outcome.step_errors if r] or [r for r in outcome.run_failures if r]
+        why = one_line("; ".join(reasons) or "the run failed (see its logs)")
+        return TargetResult(node, False, why, run_id)
+    return TargetResult(node, not outcome.failed_checks, "; ".join(outcome.failed_checks), run_id)
+
+
+def client_address(url: str) -> tuple[dict[str, Any], list[str]]:
+    """`DagsterGraphQLClient`'s arguments for a webserver's URL
+    (`http[s]://HOST[:PORT][/PREFIX]`, a trailing `/graphql` allowed), or the problem."""
+    problem = [f"url: {url!r} is not http[s]://HOST[:PORT][/PATH] of a Dagster webserver"]
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return {}, problem
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        return {}, problem
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    prefix = parts.path.rstrip("/").removesuffix("/graphql")
+    address = {"hostname": host, "port_number": port, "use_https": parts.scheme == "https"}
+    return {**address, "path_prefix": prefix}, []
+
+
+def deployment_error_line(url: str, error: BaseException) -> str:
+    """Why a deployment did not answer or refused, one line: the innermost cause's own words (an OS
+    error's text alone, e.g. "Connection refused"), never the query the client sent."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = ": ".join(str(arg) for arg in error.args if arg) or type(error).__name__
+    errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
+    return one_line(f"deployment {url}: {errno.group(1) if errno else text}")[:500]
+
+
+def job_repository(repositories: Mapping[str, Any], job: str) -> tuple[dict[str, str], str]:
+    """The repository selector of the one repository on the deployment that has `job`
+    (from a `repositoriesOrError` reply), or why there is none."""
+    if repositories.get("__typename") != "RepositoryConnection":
+        return {}, f"cannot list its repositories: {repositories.get('message', '')}"
+    found = {
+        f"{repo['name']}@{repo['location']['name']}": {
+            "repositoryLocationName": repo["location"]["name"],
+            "repositoryName": repo["name"],
+        }
+        for repo in repositories["nodes"]
+        if job in {p["name"] for p in repo["pipelines"]}
+    }
+    if len(found) == 1:
+        return next(iter(found.values())), ""
+    if found:
+        return {}, f"job {job} is in several repositories: {', '.join(sorted(found))}"
+    loaded = sorted(f"{r['name']}@{r['location']['name']}" for r in repositories["nodes"])
+    return {}, (
+        f"no repository there has the job {job} (is fleetsync's code location loaded? "
+        f"repositories: {', '.join(loaded) or 'none'})"
+    )
+
+
+def metadata_value(entry: Mapping[str, Any]) -> object:
+    """A GraphQL metadata entry's value as Dagster's in-process metadata holds it."""
+    if entry.get("__typename") == "JsonMetadataEntry":
+        return json.loads(entry.get("jsonString") or "null")
+    for field in ("text", "intValue", "floatValue", "boolValue", "path", "mdStr", "url"):
+        if field in entry:
+            return entry[field]
+    return None
+
+
+def error_info(error: Mapping[str, Any]) -> SerializableErrorInfo:
+    """A GraphQL `PythonError` (with its explicit `causes`) as Dagster's error chain."""
+    from dagster_shared.error import SerializableErrorInfo
+
+    info = None
+    for link in reversed([error, *(error.get("causes") or [])]):
+        info = SerializableErrorInfo(link.get("message") or "", [], link.get("className"), info)
+    assert info is not None
+    return info
+
+
+def events_outcome(status: str, events: Sequence[Mapping[str, Any]]) -> RunOutcome:
+    """A finished run's outcome from its status and its event log (`RUN_EVENTS`)."""
+    steps, failures, checks = [], [], []
+    for event in events:
+        kind = event.get("__typename")
+        if kind == "ExecutionStepFailureEvent" and event.get("error"):
+            steps.append(_own_error(error_info(event["error"])))
+        elif kind == "RunFailureEvent":
+            failures.append(event.get("message") or "")
+        elif kind == "AssetCheckEvaluationEvent" and not event["evaluation"]["success"]:
+            check = event["evaluation"]
+            details = {e["label"]: metadata_value(e) for e in check.get("metadataEntries") or []}
+            checks.append(check_failure_line(check["checkName"], check.get("description"), details))
+    if status == "CANCELED" and not any(failures):
+        failures.append("the run was canceled")
+    return RunOutcome(status == "SUCCESS", tuple(steps), tuple(failures), tuple(checks))
+
+
 # ---- running ------------------------------------------------------------------------------
 
 
@@ -159,16 +287,28 @@ def sync(
     targets: Sequence[str] = (ALL,),
     priority: str = "normal",
     *,
+    url: str | None = None,
+    wait: bool = True,
     instance: dg.DagsterInstance | None = None,
     on_target: Callable[[TargetResult], None] | None = None,
+    poll_s: float = 1.0,
 ) -> SyncResult:
-    """Run KIND's job for each target node now, in-process on `instance` (default:
-    `DagsterInstance.get()`, i.e. $DAGSTER_HOME), with the inventory at $FLEETSYNC_FLEET.
+    """Run KIND's job for each target node now, with the inventory at $FLEETSYNC_FLEET:
+    in-process on `instance` (default: `DagsterInstance.get()`, i.e. $DAGSTER_HOME), or,
+    given `url`, submitted to that running deployment (its webserver) and, with `wait`,
+    followed every `poll_s` seconds until each run ends. In-process runs always finish
+    before this returns.
 
     `targets`: node names or `all` (or one string, "all" or "a,b"). `on_target` is called
-    as each target finishes. Never raises for a refused request or a failed target: the
-    result says which and why."""
+    as each target is submitted (`url` only) and as it finishes. Never raises for a refused
+    request or a failed target: the result says which and why."""
     problems = request_problems(kind, priority)
+    address: dict[str, Any] = {}
+    if url is not None:
+        address, bad_url = client_address(url)
+        problems += bad_url
+        if instance is not None:
+            problems.append("instance: runs go to the deployment at url, not to an instance")
     if problems:
         return SyncResult(kind, problems=tuple(problems), usage=True)
     fleet_path = os.environ.get("FLEETSYNC_FLEET") or "fleet.yaml"
@@ -183,6 +323,10 @@ def sync(
     if problems:
         return SyncResult(kind, problems=tuple(problems), usage=True)
 
+    if url is not None:
+        deployment = Deployment(url, address)
+        request = (kind, nodes, inventory_nodes, priority)
+        return _submit(deployment, *request, wait=wait, on_target=on_target, poll_s=poll_s)
     if instance is not None:
         return _run(instance, kind, nodes, fleet_path, inventory_nodes, priority, on_target)
     import dagster as dg
@@ -226,7 +370,7 @@ def _run(
                 # The inventory read above, not the one the definitions saw when imported.
                 resources={"inventory": FleetInventory(path=fleet_path)},
             )
-            target = _target_result(node, run)
+            target = target_result(node, run.run_id, _in_process_outcome(run))
         except Exception as exc:  # one target's crash never stops the others
             target = TargetResult(node, False, one_line(f"{type(exc).__name__}: {exc}"))
         results.append(target)
@@ -235,33 +379,185 @@ def _run(
     return SyncResult(kind, tuple(results))
 
 
-def _target_result(node: str, run: dg.ExecuteInProcessResult) -> TargetResult:
-    """A failed run fails its target with the run's own errors; a successful one fails it
-    with every asset check it failed (an unreachable probe, a skipped DB), else it is ok."""
-    if not run.success:
-        return TargetResult(node, False, _failure_reason(run), run.run_id)
-    failed = [
-        check_failure_line(
-            check.check_name,
-            check.description,
-            {key: value.value for key, value in check.metadata.items()},
-        )
-        for check in run.get_asset_check_evaluations()
-        if not check.passed
-    ]
-    return TargetResult(node, not failed, "; ".join(failed), run.run_id)
+def _in_process_outcome(run: dg.ExecuteInProcessResult) -> RunOutcome:
+    events = run.all_events
+    return RunOutcome(
+        run.success,
+        tuple(
+            _own_error(e.step_failure_data.error)
+            for e in events
+            if e.is_step_failure and e.step_failure_data is not None
+        ),
+        tuple(e.message or "" for e in events if e.is_run_failure),
+        tuple(
+            check_failure_line(
+                check.check_name,
+                check.description,
+                {key: value.value for key, value in check.metadata.items()},
+            )
+            for check in run.get_asset_check_evaluations()
+            if not check.passed
+        ),
+    )
 
 
-def _failure_reason(run: dg.ExecuteInProcessResult) -> str:
-    """The failed steps' own errors (not Dagster's wrappers around them), else the run
-    failure's message."""
-    reasons = []
-    for event in run.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            reasons.append(_own_error(event.step_failure_data.error))
-    if not any(reasons):
-        reasons = [e.message or "" for e in run.all_events if e.is_run_failure]
-    return one_line("; ".join(r for r in reasons if r) or "the run failed (see its logs)")
+# ---- a running deployment (--url) --------------------------------------------------------
+
+REPOSITORIES = """{ repositoriesOrError { __typename
+  ... on RepositoryConnection { nodes { name location { name } pipelines { name } } }
+  ... on Error { message } } }"""
+PARTITION_KEYS = """query($job: PipelineSelector!) { pipelineOrError(params: $job) { __typename
+  ... on Pipeline { partitionKeysOrError { partitionKeys } } ... on Error { message } } }"""
+ADD_PARTITION = """mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key)
+  { __typename ... on Error { message } } }"""
+RUN_STATUSES = """query($ids: [String]) { runsOrError(filter: {runIds: $ids}) { __typename
+  ... on Runs { results { runId status } } ... on Error { message } } }"""
+# The events a target's outcome is read from (`events_outcome`); others come back bare.
+RUN_EVENTS = """query($id: ID!, $after: String) { logsForRun(runId: $id, afterCursor: $after) {
+  __typename ... on Error { message }
+  ... on EventConnection { cursor hasMore events { __typename
+    ... on ExecutionStepFailureEvent { error { message className causes { message className } } }
+    ... on RunFailureEvent { message }
+    ... on AssetCheckEvaluationEvent { evaluation { checkName success description
+      metadataEntries { __typename label ... on TextMetadataEntry { text }
+        ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
+        ... on BoolMetadataEntry { boolValue } ... on JsonMetadataEntry { jsonString }
+        ... on PathMetadataEntry { path } ... on MarkdownMetadataEntry { mdStr }
+        ... on UrlMetadataEntry { url } } } } } } } }"""
+FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+
+
+class DeploymentError(Exception):
+    """The deployment did not answer, or refused; the message is one line naming it."""
+
+
+class Deployment:
+    """A running Dagster deployment, through its webserver's GraphQL API: runs are
+    submitted with `DagsterGraphQLClient.submit_job_execution`; what that client has no
+    method for (dynamic partitions, events, many runs' status at once) goes through its
+    query call, so connection handling and errors are the client's."""
+
+    def __init__(self, url: str, address: Mapping[str, Any]) -> None:
+        from dagster_graphql import DagsterGraphQLClient
+
+        self.url = url
+        self.client = DagsterGraphQLClient(**address, timeout=60)
+
+    def _query(self, text: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        from dagster_graphql import DagsterGraphQLClientError
+
+        try:
+            reply: dict[str, Any] = self.client._execute(text, dict(variables or {}))
+        except DagsterGraphQLClientError as exc:
+            raise DeploymentError(deployment_error_line(self.url, exc)) from None
+        return reply
+
+    def _refused(self, what: str, reply: Mapping[str, Any]) -> DeploymentError:
+        said = reply.get("message") or reply.get("__typename")
+        return DeploymentError(one_line(f"deployment {self.url}: {what}: {said}"))
+
+    def repository(self, job: str) -> dict[str, str]:
+        """The selector of the repository that has `job`."""
+        selector, problem = job_repository(self._query(REPOSITORIES)["repositoriesOrError"], job)
+        if problem:
+            raise DeploymentError(f"deployment {self.url}: {problem}")
+        return selector
+
+    def add_missing_partitions(self, repo: Mapping[str, str], job: str, keys: list[str]) -> None:
+        """Add the `nodes` partitions among `keys` the deployment does not have yet."""
+        reply = self._query(PARTITION_KEYS, {"job": {**repo, "pipelineName": job}})
+        found = reply["pipelineOrError"]
+        if found["__typename"] != "Pipeline":
+            raise self._refused(f"job {job}", found)
+        known = set(found["partitionKeysOrError"]["partitionKeys"])
+        for key in (k for k in keys if k not in known):
+            variables = {"repo": dict(repo), "name": NODES_PARTITIONS, "key": key}
+            added = self._query(ADD_PARTITION, variables)["addDynamicPartition"]
+            if added["__typename"] not in ("AddDynamicPartitionSuccess",
+                                           "DuplicateDynamicPartitionError"):  # fmt: skip
+                raise self._refused(f"adding node partition {key}", added)
+
+    def submit(self, repo: Mapping[str, str], job: str, tags: Mapping[str, str]) -> str:
+        """Submit one run of `job`; its run id."""
+        from dagster_graphql import DagsterGraphQLClientError
+
+        location, name = repo["repositoryLocationName"], repo["repositoryName"]
+        try:
+            return self.client.submit_job_execution(job, location, name, {}, dict(tags))
+        except DagsterGraphQLClientError as exc:
+            raise DeploymentError(deployment_error_line(self.url, exc)) from None
+
+    def statuses(self, run_ids: list[str]) -> dict[str, str]:
+        runs = self._query(RUN_STATUSES, {"ids": run_ids})["runsOrError"]
+        if runs["__typename"] != "Runs":
+            raise self._refused("run status", runs)
+        return {run["runId"]: run["status"] for run in runs["results"]}
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's whole event log, page by page."""
+        events: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self._query(RUN_EVENTS, {"id": run_id, "after": cursor})["logsForRun"]
+            if page["__typename"] != "EventConnection":
+                raise self._refused(f"events of run {run_id}", page)
+            events += page["events"]
+            if not page["hasMore"]:
+                return events
+            cursor = page["cursor"]
+
+
+def _submit(
+    deployment: Deployment,
+    kind: str,
+    nodes: list[str],
+    inventory_nodes: list[str],
+    priority: str,
+    *,
+    wait: bool,
+    on_target: Callable[[TargetResult], None] | None,
+    poll_s: float,
+) -> SyncResult:
+    """Add the missing node partitions, submit one run per target, then (with `wait`)
+    poll the runs' status until each has ended and read its outcome from its events."""
+    job = KIND_JOBS[kind]
+    try:
+        repo = deployment.repository(job)
+        deployment.add_missing_partitions(repo, job, inventory_nodes)
+    except DeploymentError as exc:
+        return SyncResult(kind, problems=(str(exc),))
+
+    def done(target: TargetResult) -> None:
+        results[target.node] = target
+        if on_target is not None:
+            on_target(target)
+
+    results: dict[str, TargetResult] = {}
+    running: dict[str, str] = {}  # node → run id
+    for node in nodes:
+        try:
+            run_id = deployment.submit(repo, job, {**run_tags(kind, priority), PARTITION_TAG: node})
+        except DeploymentError as exc:
+            done(TargetResult(node, False, f"not submitted: {exc}"))
+            continue
+        running[node] = run_id
+        done(TargetResult(node, True, run_id=run_id, submitted=True))
+    while wait and running:
+        time.sleep(poll_s)
+        try:
+            statuses = deployment.statuses(list(running.values()))
+            ended = {n: r for n, r in running.items() if statuses.get(r) in FINISHED}
+            outcomes = {
+                n: events_outcome(statuses[r], deployment.events(r)) for n, r in ended.items()
+            }
+        except DeploymentError as exc:  # the deployment went away: say so for every run left
+            for node, run_id in running.items():
+                done(TargetResult(node, False, f"lost track of run {run_id}: {exc}", run_id))
+            break
+        for node, outcome in outcomes.items():
+            done(target_result(node, running.pop(node), outcome))
+    return SyncResult(kind, tuple(results[node] for node in nodes))
 
 
 def _own_error(error: SerializableErrorInfo | None) -> str:
@@ -288,31 +584,41 @@ def add_sync_parser(
         "sync",
         help="request a sync now (games, elo, npz, models, status) for some or all nodes",
         description="Run KIND's node-partitioned job for each target, in-process on the "
-        "local Dagster instance. Exit 0 if every target synced, 1 naming each failed "
-        "target (a failed run or a failed asset check) and why, 2 for a bad request.",
+        "local Dagster instance, or submitted to a running deployment (--url). Exit 0 if "
+        "every target synced (or, with --url and no --wait, every run was submitted), 1 "
+        "naming each failed target (a failed run or a failed asset check) and why, or when "
+        "the deployment cannot be reached or lacks the job, 2 for a bad request.",
     )
     parser.add_argument("kind", help=", ".join(f"{k} ({j})" for k, j in KIND_JOBS.items()))
     parser.add_argument("--targets", default=ALL, help="all (default) or NODE[,NODE...]")
     parser.add_argument("--priority", default="normal", help="high or normal (default)")
-    parser.add_argument("--url", help="a running deployment (not supported yet)")
     parser.add_argument(
-        "--wait", action="store_true", help="wait for every run (always, in-process)"
+        "--url", help="a running deployment's webserver, e.g. http://dagster:3000: submit there"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --url: wait for every run and report how it ended (in-process: always)",
     )
     parser.set_defaults(func=cmd_sync)
     return parser
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    if args.url is not None:
-        print("--url: submitting to a running deployment is not supported yet; "
-              "run without --url to sync in-process", file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
-    os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve()))
+    if args.url is None:
+        os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve()))
 
     def progress(target: TargetResult) -> None:
         print(target_line(target), flush=True)
 
-    result = sync(args.kind, parse_targets(args.targets), args.priority, on_target=progress)
+    targets = parse_targets(args.targets)
+    try:
+        result = sync(args.kind, targets, args.priority, url=args.url, wait=args.wait,
+                      on_target=progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted" + (": submitted runs go on in the deployment" if args.url else ""),
+              file=sys.stderr)  # fmt: skip
+        return 130
     out = sys.stdout if result.ok else sys.stderr
     for line in summary_lines(result):
         print(line, file=out)

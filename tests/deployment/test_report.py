@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from sync_assets.reports import (
     report_from_event,
     validate_report,
 )
-from tests.deployment.test_webserver import free_port, graphql
+from tests.deployment.test_webserver import free_port, graphql, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -484,13 +483,7 @@ def running_webserver(workspace: Path, env: dict[str, str]) -> Iterator[tuple[in
                 time.sleep(0.5)
         yield port, log_path.read_text().splitlines()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 def write_workspace(directory: Path, *, with_training_repo: bool = False) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sync_assets.demo.pipeline import build_demo_fleet
-from sync_assets.fleet.inventory import load_inventory
+from sync_assets.fleet.inventory import Fleet, load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 FLEETSYNC = str(Path(sys.executable).parent / "fleetsync")
@@ -37,6 +38,29 @@ def games_in(db: Path) -> int:
         con.close()
 
 
+def assert_every_game_db_collected(fleet: Fleet) -> list[Path]:
+    """Independently: each self-play DB has one snapshot with as many games on each durable
+    node. Returns those snapshots."""
+    sources = [
+        db
+        for n in fleet.nodes
+        for db in sorted(Path(n.data_root, "games").glob("*.db"))
+        if "selfplay" in n.roles
+    ]
+    assert sources
+    collected = []
+    for durable in fleet.durable_nodes:
+        for db in sources:
+            node = db.parents[1].name
+            copies = list(
+                Path(durable.data_root, "games", "collected", node).glob(f"{db.stem}.*.db")
+            )
+            assert len(copies) == 1, (durable.name, db)
+            assert games_in(copies[0]) == games_in(db) > 0
+            collected += copies
+    return collected
+
+
 def test_sync_games_all_collects_every_game_db_onto_every_durable_node(demo_env, tmp_path):
     argv = [FLEETSYNC, "sync", "games", "--targets", "all", "--priority", "high"]
     done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=600)
@@ -49,22 +73,7 @@ def test_sync_games_all_collects_every_game_db_onto_every_durable_node(demo_env,
     ]
     assert "sync games: 4 of 4 target(s) ok" in done.stdout
 
-    # Independently: each self-play DB has a snapshot with as many games on each durable node.
-    sources = [
-        db
-        for n in fleet.nodes
-        for db in sorted(Path(n.data_root, "games").glob("*.db"))
-        if "selfplay" in n.roles
-    ]
-    assert sources
-    for durable in fleet.durable_nodes:
-        for db in sources:
-            node = db.parents[1].name
-            copies = list(
-                Path(durable.data_root, "games", "collected", node).glob(f"{db.stem}.*.db")
-            )
-            assert len(copies) == 1, (durable.name, db)
-            assert games_in(copies[0]) == games_in(db) > 0
+    assert_every_game_db_collected(fleet)
 
     # The runs are on the instance (so in the UI), tagged as urgent syncs of games.
     import dagster as dg
@@ -97,10 +106,25 @@ def test_sync_with_an_invalid_inventory_prints_its_problems(demo_env, tmp_path):
     assert f"{bad}: node gpu-1: host: required when transport is ssh" in done.stderr
 
 
-def test_sync_url_is_refused_clearly(demo_env):
-    argv = [FLEETSYNC, "sync", "games", "--url", "http://localhost:3000"]
-    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True)
-    assert done.returncode == 2 and "not supported yet" in done.stderr
+def test_sync_url_that_cannot_be_reached_or_read_is_one_clear_line(demo_env):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    argv = [FLEETSYNC, "sync", "games", "--url", url, "--wait"]
+    done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == f"deployment {url}: Connection refused\n"
+    assert done.stdout == ""
+    assert not (Path(demo_env["DAGSTER_HOME"]) / "history").exists()  # nothing ran here
+
+    for bad in ("ftp://127.0.0.1:3000", "127.0.0.1:3000", "http://127.0.0.1:99999"):
+        argv = [FLEETSYNC, "sync", "games", "--url", bad]
+        done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr == (
+            f"url: {bad!r} is not http[s]://HOST[:PORT][/PATH] of a Dagster webserver\n"
+        )
 
 
 def test_sync_in_python_returns_each_targets_outcome_and_never_raises(demo_env, monkeypatch):
@@ -143,7 +167,7 @@ def test_sync_status_with_a_node_data_root_gone_exits_1_naming_it_and_its_failed
     broken = "gpu-1"
     broken_root = next(n.data_root for n in fleet.nodes if n.name == broken)
     shutil.rmtree(broken_root)
-    argv = [FLEETSYNC, "sync", "status", "--targets", "all"]
+    argv = [FLEETSYNC, "sync", "status", "--targets", "all", "--wait"]  # in-process: waits anyway
     done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,18 @@ def graphql(port: int, query: str) -> dict:
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)["data"]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """End a process started with `start_new_session` and everything in its group (the
+    webserver's code server and the runs it launched): SIGTERM, then SIGKILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture
@@ -90,9 +103,4 @@ def test_webserver_shows_demo_runs_and_assets(demo_home):
         keys = {"/".join(a["assetKey"]["path"]) for a in graphql(port, ASSETS_QUERY)["assetNodes"]}
         assert {"fleet/node_status", "games/selfplay", "games/canonical"} <= keys
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
