@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.catalog import NodeState
+from resources.catalog import NodeState, Replica
 from sync_assets.elo.collect import collect_node_matches
 from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
 from sync_assets.engine.probe import probe_and_record
@@ -48,6 +48,26 @@ def _sha256(path: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
         return None
+
+
+def _copies_on_disk(d: Deployment, shas: list[str], nodes: list[str]) -> dict[str, set[str]]:
+    """sha256 -> the `nodes` whose catalog records a verified copy that is right on disk."""
+    found: dict[str, set[str]] = {sha: set() for sha in shas}
+    for r in d.catalog.replicas_of(shas, nodes=nodes):
+        if _sha256(Path(d.fleet.node(r.node).data_root) / r.path) == r.sha256:
+            found[r.sha256].add(r.node)
+    return found
+
+
+def _collected(d: Deployment) -> tuple[list[str], list[str], dict[str, list[Replica]]]:
+    """Collect every node's games (before the daemon starts): the snapshots, the durable
+    nodes, and each durable node's copies."""
+    for node in d.fleet.nodes:
+        assert not collect_node_games(node, d.fleet, d.catalog, d.transports).replication.failures
+    snapshots = sorted(d.catalog.artifacts_of(SNAPSHOT_KIND))
+    durable = [n.name for n in d.fleet.durable_nodes]
+    held = {n: d.catalog.replicas_of(snapshots, nodes=[n]) for n in durable}
+    return snapshots, durable, held
 
 
 def _succeeded(deployment: Deployment) -> set[tuple[str, str]]:
@@ -107,11 +127,7 @@ def test_new_matches_are_rated_and_the_ratings_reach_the_eval_node(deployment):
 
 def test_a_lost_durable_node_is_repaired_from_the_other_replicas(deployment):
     d = deployment
-    for node in d.fleet.nodes:
-        assert not collect_node_games(node, d.fleet, d.catalog, d.transports).replication.failures
-    snapshots = sorted(d.catalog.artifacts_of(SNAPSHOT_KIND))
-    durable = [n.name for n in d.fleet.durable_nodes]
-    held = {n: {r.sha256 for r in d.catalog.replicas_of(snapshots, nodes=[n])} for n in durable}
+    snapshots, durable, held = _collected(d)
     victim = max(durable, key=lambda n: len(held[n]))  # the durable node holding the most
     assert held[victim]
     d.run_only({"replication_deficit"})
@@ -128,14 +144,62 @@ def test_a_lost_durable_node_is_repaired_from_the_other_replicas(deployment):
     survivors = [n for n in durable if n != victim]
 
     def every_snapshot_on_both_survivors() -> bool:
-        copies = d.catalog.replicas_of(snapshots, nodes=survivors)
-        on_disk = {
-            (r.sha256, r.node)
-            for r in copies
-            if _sha256(Path(d.fleet.node(r.node).data_root) / r.path) == r.sha256
-        }
-        repaired = on_disk == {(sha, n) for sha in snapshots for n in survivors}
+        on_disk = _copies_on_disk(d, snapshots, survivors)
+        repaired = all(nodes == set(survivors) for nodes in on_disk.values())
         return repaired and ("repair_replicas", "replication_deficit") in _succeeded(d)
 
     d.wait_for("every snapshot back on two durable nodes", every_snapshot_on_both_survivors,
                DEADLINE_S)  # fmt: skip
+
+
+def _two_good_copies_each(d: Deployment, snapshots: list[str], durable: list[str]) -> bool:
+    """Every snapshot back at policy: two durable copies, recorded and right on disk."""
+    return all(len(nodes) >= 2 for nodes in _copies_on_disk(d, snapshots, durable).values())
+
+
+def test_files_deleted_behind_fleetsyncs_back_are_found_by_the_audit_and_repaired(deployment):
+    d = deployment
+    snapshots, durable, held = _collected(d)
+    victim = max(durable, key=lambda n: len(held[n]))
+    for replica in held[victim]:  # gone, and the catalog was not told
+        (Path(d.fleet.node(victim).data_root) / replica.path).unlink()
+    assert not _two_good_copies_each(d, snapshots, durable)
+    d.run_only({"fleet_audit", "replication_deficit"})
+    d.start()
+
+    chain = {("audit_fleet", "fleet_audit"), ("repair_replicas", "replication_deficit")}
+    d.wait_for(
+        "the deleted copies found by the audit and repaired",
+        lambda: _two_good_copies_each(d, snapshots, durable) and chain <= _succeeded(d),
+        DEADLINE_S,
+    )
+
+
+def test_a_flipped_bit_is_found_by_the_scrub_quarantined_and_repaired(deployment):
+    d = deployment
+    snapshots, durable, held = _collected(d)
+    # The scrub's rotation starts with the nodes never scrubbed, by name: the first durable
+    # node holding copies is scrubbed in the first run.
+    victim = min(n for n in durable if held[n])
+    replica = held[victim][0]
+    path = Path(d.fleet.node(victim).data_root) / replica.path
+    with path.open("r+b") as f:  # one bit, same size: a listing cannot see it
+        f.seek(replica.size // 2)
+        byte = f.read(1)
+        f.seek(replica.size // 2)
+        f.write(bytes([byte[0] ^ 0x10]))
+    assert not _two_good_copies_each(d, snapshots, durable)
+    d.run_only({"fleet_audit", "replication_deficit"})
+    d.start()
+
+    quarantine = Path(d.fleet.node(victim).data_root) / ".quarantine"
+    chain = {("audit_fleet", "fleet_audit"), ("repair_replicas", "replication_deficit")}
+    d.wait_for(
+        "the corrupt copy quarantined and repaired",
+        lambda: (
+            _two_good_copies_each(d, snapshots, durable)
+            and any(quarantine.rglob(f"{path.name}.*"))
+            and chain <= _succeeded(d)
+        ),
+        DEADLINE_S,
+    )
