@@ -44,13 +44,18 @@ STOP_GRACE_S = 20.0
 T = TypeVar("T")
 
 
-def write_fleet(root: Path, *, lost_after_s: float, games_per_node: int = 30) -> Path:
+def write_fleet(
+    root: Path, *, lost_after_s: float, ephemeral: Collection[str] = (), games_per_node: int = 30
+) -> Path:
     """The 4-node local demo fleet (coord-1 and store-1 durable, train-1, gpu-1 eval) plus
     a third durable node, store-2, so that a lost durable node leaves room to repair to;
-    one config, exported from 5 new games, a node lost `lost_after_s` after its first miss."""
+    one config, exported from 5 new games, a node lost `lost_after_s` after its first miss;
+    the `ephemeral` nodes marked so."""
     fleet_file = build_demo_fleet(root, node_count=4, games_per_node=games_per_node)
     doc = yaml.safe_load(fleet_file.read_text())
     doc["configs"] = [CONFIG]
+    for node in doc["nodes"]:
+        node["ephemeral"] = node["name"] in ephemeral
     doc["policy"] |= {"lost_after_s": lost_after_s, "export": {"min_new_games": 5}}
     store = next(n for n in doc["nodes"] if n["name"] == "store-1")
     (root / "nodes" / "store-2").mkdir(parents=True, exist_ok=True)
@@ -103,13 +108,16 @@ class Deployment:
     root: Path
     interval_s: int = 2
     lost_after_s: float = 1.0
+    ephemeral: tuple[str, ...] = ()
     fleet_file: Path = field(init=False)
     home: Path = field(init=False)
     log: Path = field(init=False)
     process: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.fleet_file = write_fleet(self.root / "fleet", lost_after_s=self.lost_after_s)
+        self.fleet_file = write_fleet(
+            self.root / "fleet", lost_after_s=self.lost_after_s, ephemeral=self.ephemeral
+        )
         self.home = self.root / "dagster_home"
         self.home.mkdir()
         shutil.copy(REPO / "dagster_home" / "dagster.yaml", self.home)

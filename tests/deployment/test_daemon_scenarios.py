@@ -1,11 +1,12 @@
 """Scenarios under a real `dagster-daemon` (issue 10): the fleet looks after itself.
 
 Each test starts the daemon on a temporary instance over a local demo fleet
-(`tests/deployment/daemon.py`), with the sensors that are on by default ticking every
-`FLEETSYNC_SENSOR_INTERVAL_S` = 2 s, changes the world the way the fleet would (new games
-merged, new matches collected, a durable node gone), and waits, against a deadline, for
-the outcome on the nodes' disks — no run is started by the test. The daemon and every
-process it started are stopped at the end.
+(`tests/deployment/daemon.py`), with the scenario's sensors (on by default) ticking every
+`FLEETSYNC_SENSOR_INTERVAL_S` = 2 s and the others stopped, changes the world the way the
+fleet would — a new canonical DB, new matches, a durable node gone (found by the fleet
+probe), copies deleted or rotted behind fleetsync's back, fresh games on an ephemeral
+node — and waits, against a deadline, for the outcome on the nodes' disks. No run is
+started by the test. The daemon and every process it started are stopped at the end.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from resources.catalog import NodeState, Replica
 from sync_assets.elo.collect import collect_node_matches
 from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
-from sync_assets.engine.probe import probe_and_record
 from sync_assets.games.canonical import merge_canonical
 from sync_assets.games.collect import SNAPSHOT_KIND, collect_node_games
 from sync_assets.kinds import GAMES_CANONICAL, NPZ
@@ -36,8 +36,8 @@ DEADLINE_S = 240.0
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    deployment = Deployment(tmp_path)
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path, **getattr(request, "param", {}))
     yield deployment
     deployment.stop()
     assert not deployment.processes(), "daemon processes survived the teardown"
@@ -130,26 +130,27 @@ def test_a_lost_durable_node_is_repaired_from_the_other_replicas(deployment):
     snapshots, durable, held = _collected(d)
     victim = max(durable, key=lambda n: len(held[n]))  # the durable node holding the most
     assert held[victim]
-    d.run_only({"replication_deficit"})
+    d.run_only({"fleet_probe", "replication_deficit"})
     d.start()
 
-    # The box vanishes with every copy on it; two missed probes lost_after_s apart.
+    # The box vanishes with every copy on it: the fleet probe misses it, then misses it
+    # again lost_after_s later, and it is lost; its copies stop counting.
     node = d.fleet.node(victim)
     Path(node.data_root).rename(f"{node.data_root}.gone")
-    probe_and_record(node, d.fleet, d.catalog, d.transports)
-    time.sleep(d.lost_after_s + 0.2)
-    probe_and_record(node, d.fleet, d.catalog, d.transports)
-    assert d.catalog.node_lifecycle()[victim][0] == NodeState.LOST
-
     survivors = [n for n in durable if n != victim]
 
     def every_snapshot_on_both_survivors() -> bool:
+        if d.catalog.node_lifecycle()[victim][0] != NodeState.LOST:
+            return False
         on_disk = _copies_on_disk(d, snapshots, survivors)
         repaired = all(nodes == set(survivors) for nodes in on_disk.values())
         return repaired and ("repair_replicas", "replication_deficit") in _succeeded(d)
 
-    d.wait_for("every snapshot back on two durable nodes", every_snapshot_on_both_survivors,
-               DEADLINE_S)  # fmt: skip
+    d.wait_for("the node lost and every snapshot back on the two others",
+               every_snapshot_on_both_survivors, DEADLINE_S)  # fmt: skip
+    events = d.catalog.node_events_frame()
+    lost = events[(events["node"] == victim) & (events["to_state"] == NodeState.LOST)]
+    assert list(lost["reason"].str.startswith("probe missed")) == [True]
 
 
 def _two_good_copies_each(d: Deployment, snapshots: list[str], durable: list[str]) -> bool:
@@ -203,3 +204,27 @@ def test_a_flipped_bit_is_found_by_the_scrub_quarantined_and_repaired(deployment
         ),
         DEADLINE_S,
     )
+
+
+@pytest.mark.parametrize("deployment", [{"ephemeral": ("gpu-1",)}], indirect=True)
+def test_fresh_games_on_an_ephemeral_node_are_collected_urgently(deployment):
+    d = deployment
+    assert not d.catalog.originated(SNAPSHOT_KIND, "gpu-1")  # games no snapshot holds
+    durable = [n.name for n in d.fleet.durable_nodes]
+    d.run_only({"fleet_probe", "ephemeral_sync"})
+    d.start()
+
+    def collected_urgently() -> bool:
+        urgent = [
+            r
+            for r in d.instance.get_runs(dg.RunsFilter(job_name="collect_games"))
+            if r.status == dg.DagsterRunStatus.SUCCESS
+            and r.tags.get("dagster/partition") == "gpu-1"
+            and r.tags.get("dagster/priority") == "10"
+            and r.tags.get("dagster/sensor_name") == "ephemeral_sync"
+        ]
+        snapshots = d.catalog.originated(SNAPSHOT_KIND, "gpu-1")
+        copies = _copies_on_disk(d, snapshots, durable)
+        return bool(urgent and snapshots) and all(len(n) >= 2 for n in copies.values())
+
+    d.wait_for("gpu-1's games collected urgently", collected_urgently, DEADLINE_S)
