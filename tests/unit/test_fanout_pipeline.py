@@ -29,9 +29,7 @@ def link_fleet(tmp_path: Path, per_source: int, mbps: float) -> tuple[Fleet, Cat
     """coord-1, store-1 and 8 GPU nodes, local directories, every link capped at `mbps`."""
     durable = [{"name": "coord-1", "roles": ["coordinator", "storage"]},
                {"name": "store-1", "roles": ["storage"]}]  # fmt: skip
-    nodes = durable + [
-        {"name": name, "roles": ["selfplay"], "ephemeral": True} for name in GPUS
-    ]
+    nodes = durable + [{"name": name, "roles": ["selfplay"], "ephemeral": True} for name in GPUS]
     for entry in nodes:
         root = tmp_path / "nodes" / str(entry["name"])
         root.mkdir(parents=True)
@@ -90,7 +88,9 @@ def test_copies_of_a_fanout_run_at_once_and_each_serves_once_it_holds_the_bytes(
     assert all(on_disk(fleet, name, MODEL) == sha for name in GPUS)
     log = catalog.transfers_frame()
     assert sorted(log["target"]) == GPUS and set(log["status"]) == {"ok"}
-    spans = {row.target: (row.finished_at - row.seconds, row.finished_at) for row in log.itertuples()}
+    spans = {
+        row.target: (row.finished_at - row.seconds, row.finished_at) for row in log.itertuples()
+    }
     assert max_overlap(list(spans.values())) >= 2
     for row in log.itertuples():
         start = spans[row.target][0]
