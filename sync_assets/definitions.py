@@ -16,6 +16,7 @@ from sensors.ratings_chain import ratings_distribution, ratings_trigger
 from sensors.replication_deficit import replication_deficit
 from sensors.shard_distribution import shard_distribution
 from sensors.training_trigger import training_trigger
+from sensors.transfer_failures import transfer_failures
 from sync_assets.elo.assets import elo_matches, elo_on_node, elo_ratings
 from sync_assets.fleet.assets import node_status
 from sync_assets.fleet.checks import audit_fleet
@@ -55,6 +56,7 @@ defs = dg.Definitions(
     # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
     jobs=[*JOBS, repair_replicas, audit_fleet],
     sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
+    + [transfer_failures]  # item 6: failed runs recorded, breakers fed
     + [merge_trigger, shard_distribution, ratings_trigger, ratings_distribution]  # item 7
     + [fleet_audit]  # item 3: audit and scrub on rotation
     + [fleet_probe, ephemeral_sync],  # items 2 and 5: the fleet probed, fresh data collected

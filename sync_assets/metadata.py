@@ -13,7 +13,7 @@ from resources.inventory import FleetInventory
 from sync_assets.engine.replication import ReplicationResult
 from sync_assets.fleet.inventory import Fleet, Node, load_fleet
 from sync_assets.partitions import configs_partitions, nodes_partitions
-from sync_assets.retries import NETWORK_RETRY
+from sync_assets.retries import NETWORK_RETRY, retry_transient_only
 
 _COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
 
@@ -80,9 +80,10 @@ def fleet_asset(
     backfill_policy: dg.BackfillPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """`@dg.asset` as every fleetsync asset is declared: partitioned per node or per
-    config, retried on network errors; `blocking` names the check that stops downstream
-    runs."""
-    return dg.asset(
+    config, retried with backoff on transient errors only (`retries.is_transient`: a
+    changed host key or a failing exporter fails at once); `blocking` names the check
+    that stops downstream runs."""
+    declare = dg.asset(
         key=key,
         partitions_def=nodes_partitions if per == "node" else configs_partitions,
         deps=deps,
@@ -94,6 +95,7 @@ def fleet_asset(
         description=description,
         check_specs=[dg.AssetCheckSpec(c, asset=key, blocking=c == blocking) for c in checks],
     )
+    return lambda compute: declare(retry_transient_only(compute))
 
 
 def every_partition(key: dg.AssetKey) -> dg.AssetDep:

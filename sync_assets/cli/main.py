@@ -31,6 +31,7 @@ def _print_status(fleet_name: str, status: FleetStatus) -> None:
         print("\nGames per config (canonical):\n" + show(status.games))
         print("\nReplicas per kind:\n" + show(status.replicas))
         print("\nNodes:\n" + show(status.nodes))
+        print("\nRecent failed runs (newest first):\n" + show(status.recent_failures))
     print(
         f"\nData at risk (no durable copy): {status.bytes_without_durable_copy / 1e6:.1f} MB"
         f"\nBelow policy (fewer durable copies than asked): "

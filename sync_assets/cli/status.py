@@ -25,6 +25,13 @@ class FleetStatus:
     # (A lost node's copies do not count at all: its artifacts are below policy.)
     bytes_relying_on_unreachable: int
     bytes_moved: int  # all verified transfers ever recorded
+    # The newest failed runs (`transfer_failures`): node, when (UTC), job, kind, error.
+    recent_failures: pd.DataFrame
+
+
+RECENT_FAILURES = 10
+FAILURE_COLUMNS = ["node", "when", "job", "kind", "error"]
+ERROR_WIDTH = 100  # characters of an error's first line shown
 
 
 def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
@@ -78,6 +85,29 @@ def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
             artifacts.loc[meets & (artifacts["answering_copies"] < wanted), "size"].sum()
         ),
         bytes_moved=catalog.bytes_moved(),
+        recent_failures=failures_view(catalog.recent_run_failures(RECENT_FAILURES)),
+    )
+
+
+def failures_view(failures: pd.DataFrame) -> pd.DataFrame:
+    """Catalog `run_failures` rows as an operator reads them, in the order given: one
+    line each, the error's first line (shortened), the time in UTC to the second."""
+    if failures.empty:
+        return pd.DataFrame(columns=FAILURE_COLUMNS)
+    when = pd.to_datetime(failures["failed_at"], unit="s", utc=True).dt.strftime(
+        "%Y-%m-%d %H:%M:%S"
+    )
+    first_lines = failures["error"].str.strip().str.split("\n").str[0]
+    return pd.DataFrame(
+        {
+            "node": failures["node"].replace("", "-"),
+            "when": when,
+            "job": failures["job"],
+            "kind": failures["transient"].map(lambda t: "transient" if t else "permanent"),
+            "error": first_lines.map(
+                lambda e: e if len(e) <= ERROR_WIDTH else e[: ERROR_WIDTH - 1] + "…"
+            ),
+        }
     )
 
 

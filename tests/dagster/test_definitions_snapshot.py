@@ -72,7 +72,6 @@ CONTRACT_SENSORS = [
 SENSORS_NOT_BUILT_YET = {
     "disk_pressure",
     "idle_shutdown",
-    "transfer_failures",
 }
 # Sensors beyond CONTRACT.md's list: extensions, each documented in the README.
 EXTENSION_SENSORS = {"fleet_audit"}
