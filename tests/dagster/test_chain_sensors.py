@@ -66,6 +66,17 @@ def test_each_chain_sensor_asks_for_the_missing_link_then_nothing(tmp_path: Path
         collect_node_matches(fleet.node("gpu-1"), fleet, catalog, transports)
         first = asked(ratings_trigger)
         assert set(first) == set(DEMO_CONFIGS)
+        # A config whose rating is still running gets no second run beside it.
+        running = instance.add_run(
+            dg.DagsterRun(
+                job_name="rate_models",
+                status=dg.DagsterRunStatus.STARTED,
+                tags={"dagster/partition": DEMO_CONFIGS[1]},
+            )
+        )
+        assert set(asked(ratings_trigger)) == set(DEMO_CONFIGS) - {DEMO_CONFIGS[1]}
+        instance.report_run_canceled(running)
+        assert asked(ratings_trigger) == first
         assert asked(ratings_distribution) == {}
         recompute_ratings(config, fleet, catalog, transports)
         assert list(asked(ratings_distribution)) == ["gpu-1"]
