@@ -9,7 +9,7 @@ from collections.abc import Callable
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resources.transport.base import ChecksumMismatch, NodeUnreachable, TransferError
@@ -93,6 +93,7 @@ def messages(draw: st.DrawFn) -> tuple[str, set[str]]:
     return text, {kind for kind, _ in picks}
 
 
+@settings(max_examples=500, deadline=None)  # pure and fast; no flaky deadline on a busy box
 @given(
     kind=st.sampled_from(["permanent", "transient", "by_saying", "errno"]),
     index=st.integers(0, 20),

@@ -4,7 +4,7 @@ which breakers count it, how the run is tagged."""
 from __future__ import annotations
 
 import pandas as pd
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensors.transfer_failures import (
@@ -23,6 +23,7 @@ segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1,
 node_names = st.sampled_from(["gpu-1", "gpu-2", "store-1", "train-1"])
 
 
+@settings(max_examples=500, deadline=None)  # pure and fast; no flaky deadline on a busy box
 @given(
     dirs=st.lists(segment, max_size=3),
     stem=segment,
@@ -64,6 +65,7 @@ step_errors = st.builds(
 )
 
 
+@settings(max_examples=500, deadline=None)
 @given(
     errors=st.lists(step_errors, max_size=4),
     partition=st.one_of(st.none(), node_names),
@@ -92,6 +94,7 @@ def test_failure_rows_record_each_failed_step_against_the_right_node(
         )
 
 
+@settings(max_examples=500, deadline=None)
 @given(errors=st.lists(step_errors, max_size=4))
 def test_breakers_count_only_the_nodes_errors_name(errors: list[StepError]) -> None:
     counted = breaker_failures(errors)
