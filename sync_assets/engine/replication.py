@@ -385,6 +385,8 @@ def distribute(
             for future in sorted(finished, key=lambda f: running[f][2]):  # noted in order
                 source, source_path, target = running.pop(future)
                 [outcome] = future.result()
+                if _dropped_meanwhile(outcome, sha256, source, source_path, catalog):
+                    outcome = SourceGone(f"{outcome}; a copy beside it found the source gone")
                 result.note(outcome)
                 if isinstance(outcome, SourceGone):
                     # The target stays missing: another path or holder serves it next.
@@ -402,3 +404,15 @@ def distribute(
             f"{sha256[:16]}: no copy left to copy from; not placed on {', '.join(sorted(missing))}"
         )
     return result
+
+
+def _dropped_meanwhile(
+    outcome: CopyResult | TransferError, sha256: str, source: str, path: str, catalog: Catalog
+) -> bool:
+    """A failed copy whose source replica is no longer recorded: a copy running beside it
+    from the same file found it gone and dropped it first, so this one's look at the
+    source found no row to judge. Its target is served from another copy, like theirs."""
+    if not isinstance(outcome, TransferError) or isinstance(outcome, SourceGone | NodeUnreachable):
+        return False
+    held = catalog.replicas_of([sha256], AUDITED_STATES, [source])
+    return not any(r.path == path for r in held)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resources.catalog import Catalog
 from resources.transport import Transports
+from resources.transport.base import CopyBatch, CopyOutcomes, Node
+from resources.transport.local import LocalTransport
 from sync_assets.engine.placement import fanout_wave
 from sync_assets.engine.replication import distribute
 from sync_assets.fleet.inventory import Fleet, load_inventory
@@ -101,24 +105,45 @@ def test_copies_of_a_fanout_run_at_once_and_each_serves_once_it_holds_the_bytes(
 
 
 def test_a_source_path_found_gone_by_two_running_copies_drops_that_path_only(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """coord-1 holds the model at two paths; the first (deleted behind fleetsync's back)
-    is read by both copies of the first wave. Both find it gone: that replica is dropped
-    once, the other path still serves, and every target gets verified bytes."""
+    is read by both copies of the first wave. The copy to gpu-2 fails only once the copy
+    to gpu-1 has found the source gone and dropped its row (so its own look at the
+    source finds no row to judge): both count as the source gone, not as failures, the
+    other path serves both targets, and every target gets verified bytes."""
     fleet, catalog = link_fleet(tmp_path, per_source=2, mbps=400)
     other = "models/candidates/hex8_2p_v2.pth"
     sha = put_model(fleet, catalog, "coord-1", [MODEL, other], 200_000)
     (Path(fleet.node("coord-1").data_root) / MODEL).unlink()
+    copy_many = LocalTransport.copy_many
+
+    def second_after_first(
+        self: LocalTransport, src: Node, dst: Node, items: CopyBatch
+    ) -> CopyOutcomes:
+        if dst.name == "gpu-2" and items[0].src_path == MODEL:
+            deadline = time.monotonic() + 30
+            while ("coord-1", MODEL) in held_by(catalog, sha) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return copy_many(self, src, dst, items)
+
+    monkeypatch.setattr(LocalTransport, "copy_many", second_after_first)
     targets = GPUS[:4]
 
     result = distribute(sha, MODEL, targets, fleet, catalog, Transports())
 
     assert all(on_disk(fleet, name, MODEL) == sha for name in targets)
     assert result.failures == [] and result.copies == 4
-    assert result.findings and all(MODEL in f for f in result.findings)
-    held = {(r.node, r.path) for r in catalog.replicas_of([sha])}
-    assert ("coord-1", MODEL) not in held and ("coord-1", other) in held
+    assert len(result.findings) == 2 and all(MODEL in f for f in result.findings)
+    assert ("coord-1", MODEL) not in held_by(catalog, sha)
+    assert ("coord-1", other) in held_by(catalog, sha)
+    log = catalog.transfers_frame()
+    first_try = log[log["target"].isin(["gpu-1", "gpu-2"])].sort_values("finished_at")
+    assert list(first_try["status"]) == ["failed", "failed", "ok", "ok"]
+
+
+def held_by(catalog: Catalog, sha: str) -> set[tuple[str, str]]:
+    return {(r.node, r.path) for r in catalog.replicas_of([sha])}
 
 
 NAMES = "abcdefghijkl"
