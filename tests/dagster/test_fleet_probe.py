@@ -211,3 +211,29 @@ def test_ephemeral_sync_requests_urgent_collection_of_fresh_data_on_ephemeral_no
         if r.partition_key == "gpu-2" and r.job_name == "collect_games"
     ]
     assert again.run_key != games_run.run_key and again.tags["dagster/priority"] == "10"
+
+
+def running(instance: dg.DagsterInstance, job: str, tags: dict[str, str] | None = None) -> None:
+    """A run of `job` started and not finished yet."""
+    instance.add_run(dg.DagsterRun(job_name=job, status=dg.DagsterRunStatus.STARTED, tags=tags))
+
+
+def test_nothing_asked_twice_while_a_run_is_still_going(env: Env) -> None:
+    assert env.probe_once().success
+    urgent = env.tick(ephemeral_sync)
+    assert isinstance(urgent, dg.SensorResult)
+    asked = {(r.job_name, r.partition_key) for r in urgent.run_requests}
+    assert ("collect_games", "gpu-2") in asked
+    # A probe run still going: no second probe run; a collection of gpu-2's games going:
+    # gpu-2's games are not asked for again (its matches still are).
+    running(env.instance, "probe_nodes")
+    running(env.instance, "collect_games", {"dagster/partition": "gpu-2"})
+    skipped = env.tick(fleet_probe)
+    assert isinstance(skipped, dg.SkipReason) and "still going" in str(skipped.skip_message)
+    again = env.tick(ephemeral_sync)
+    left = (
+        set()
+        if isinstance(again, dg.SkipReason)
+        else {(r.job_name, r.partition_key) for r in again.run_requests}
+    )
+    assert left == asked - {("collect_games", "gpu-2")}
