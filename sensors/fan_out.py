@@ -20,6 +20,7 @@ import pandas as pd
 
 from resources.catalog import Catalog, ReplicaState
 from sensors._common import IN_PROCESS, Tick, partitions_in_flight, retry_hour
+from sensors.fleet_audit import checkable
 from sync_assets.engine.replication import unavailable_nodes
 from sync_assets.fleet.inventory import Fleet, Node
 from sync_assets.partitions import NODES
@@ -68,12 +69,15 @@ def fan_out(
     prefix: str,
 ) -> Tick:
     """The sensor tick: runs of `job_name` for the targets that lack a current version and
-    can take it now (a `nodes` partition, reachable, breaker closed, copies counted)."""
+    can take it now: a `nodes` partition, active (not suspect, lost or retired: the planner
+    copies to none of them), last probed reachable, breaker closed."""
     if not current:
         return dg.SkipReason("no current version to place yet")
-    blocked = unavailable_nodes(catalog) | catalog.uncounted_nodes()
-    usable = set(context.instance.get_dynamic_partitions(NODES)) - blocked
-    names = [n.name for n in targets if n.name in usable]
+    partitions = set(context.instance.get_dynamic_partitions(NODES))
+    states = {name: state for name, (state, _) in catalog.node_lifecycle().items()}
+    names = checkable(
+        [n.name for n in targets if n.name in partitions], states, unavailable_nodes(catalog)
+    )
     todo = nodes_to_serve(
         current,
         catalog.replicas_frame(shas={c.sha256 for c in current}),

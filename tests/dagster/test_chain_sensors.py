@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, NodeState
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
@@ -55,6 +55,10 @@ def test_each_chain_sensor_asks_for_the_missing_link_then_nothing(tmp_path: Path
         assert asked(shard_distribution) == {}
         shard = export_npz(config, fleet, catalog, transports, Exporter()).current
         assert shard is not None
+        catalog.sync_nodes(fleet.nodes)
+        catalog.set_node_states({"train-1": (NodeState.SUSPECT, "test: a probe missed")})
+        assert asked(shard_distribution) == {}  # the planner copies to no suspect node
+        catalog.set_node_states({"train-1": (NodeState.ACTIVE, "test: audited")})
         requested = asked(shard_distribution)
         assert list(requested) == ["train-1"]
         assert f"{config}={shard[:12]}" in requested["train-1"]
