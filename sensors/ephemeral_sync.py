@@ -8,7 +8,7 @@ taken of it (the catalog's `sources`), this sensor requests an urgent `collect_g
 of routine work). Catalog and run-storage queries only, no SSH. On by default: a
 collection only snapshots, copies and verifies.
 
-Not more often than URGENT_EVERY_S per DB: a self-play node writes all the time, and each
+Not more often than URGENT_EVERY_S (15 ticks) per DB: a self-play node writes all the time, and each
 collection snapshots and copies its changed DBs. Run keys hold the newest change seen, so
 the same state is asked for once and a later change asks again.
 """
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import dagster as dg
 
 from resources.catalog import Catalog
-from sensors._common import Tick, fleet_sensor, partitions_in_flight
+from sensors._common import Tick, fleet_sensor, partitions_in_flight, sensor_interval
 from sync_assets.elo.assets import MATCHES
 from sync_assets.elo.collect import ELO_DB
 from sync_assets.engine.freshness import is_fresh, seen_fingerprint
@@ -34,7 +34,10 @@ from sync_assets.partitions import NODES
 COLLECT_GAMES = dg.define_asset_job("collect_games", selection=[SELFPLAY])
 COLLECT_MATCHES = dg.define_asset_job("collect_matches", selection=[MATCHES])
 URGENT_TAGS = {"dagster/priority": "10", "fleetsync/urgent": "ephemeral_sync"}
-URGENT_EVERY_S = 900.0  # at most one urgent collection of a DB per 15 minutes
+INTERVAL_S = 60
+# At most one urgent collection of a DB per 15 ticks: 15 minutes at the default interval,
+# seconds under FLEETSYNC_SENSOR_INTERVAL_S (a test's daemon).
+URGENT_EVERY_S = 15.0 * sensor_interval(INTERVAL_S)
 
 
 class SeenDb(NamedTuple):
@@ -104,7 +107,7 @@ def urgent_run(urgent: UrgentCollection) -> dg.RunRequest:
 
 @fleet_sensor(
     "ephemeral_sync",
-    60,
+    INTERVAL_S,
     jobs=[COLLECT_GAMES, COLLECT_MATCHES],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
