@@ -168,20 +168,27 @@ def fanout_wave(
     still serving; the caller adds the targets that succeeded to `holders` and asks
     again (a pipelined caller as soon as any copy ends), so a 100-node push is a tree,
     not a star from the coordinator (LESSONS 2). Unavailable nodes are neither sources
-    nor targets."""
+    nor targets.
+
+    Copies from one source share its link, so both finish late: a source takes more
+    than one at once only while the targets waiting outnumber the nodes that hold the
+    bytes or are receiving them (early in a push). Later, each target waits for a
+    source of its own, which comes free sooner than a shared one would finish."""
     running = busy or {}
     load = {n: running.get(n, 0) for n in sorted(holders) if n not in unavailable}
+    waiting = [t for t in missing if t not in unavailable]
+    limit = per_source if len(waiting) > len(load) + sum(running.values()) else 1
     wave: list[tuple[str, str]] = []
-    for target in missing:
-        if not load or target in unavailable:
-            continue
+    for target in waiting:
+        if not load:
+            break
         if target in load:  # it holds the bytes elsewhere: it serves itself
             source = target
-            if load[source] >= per_source:
+            if load[source] >= limit:
                 continue
         else:
             source = min(load, key=lambda n: (load[n], n))
-            if load[source] >= per_source:
+            if load[source] >= limit:
                 break  # the least-loaded source is full: so are all the others
         load[source] += 1
         wave.append((source, target))

@@ -164,21 +164,37 @@ def test_a_wave_with_copies_still_running_respects_every_source_limit(
     unavailable: frozenset[str],
     busy: dict[str, int],
 ) -> None:
-    """Sources hold the bytes and are available; a source's running copies plus its new
-    ones never pass per_source; each target at most once, never an unavailable one; and
-    the wave is full: a target left out has no source with a free slot."""
+    """Sources hold the bytes and are available; each target at most once, never an
+    unavailable one; a source's running copies plus its new ones never pass per_source,
+    nor 1 once the targets waiting are no more than the nodes holding the bytes or
+    receiving them; and the wave is full: a target left out has no source with room."""
     wave = fanout_wave(holders, missing, per_source, unavailable, busy=busy)
     sources = [s for s, _ in wave]
     targets = [t for _, t in wave]
     assert set(sources) <= holders - unavailable
     assert len(targets) == len(set(targets)) and set(targets) <= set(missing) - unavailable
+    waiting = set(missing) - unavailable
+    cap = per_source if len(waiting) > len(holders - unavailable) + sum(busy.values()) else 1
     for source in set(sources):
-        assert busy.get(source, 0) + sources.count(source) <= per_source
+        assert busy.get(source, 0) + sources.count(source) <= cap
     for source, target in wave:
         assert target not in holders or source == target  # a holder serves itself
-    free = {s for s in holders - unavailable if busy.get(s, 0) + sources.count(s) < per_source}
-    for target in set(missing) - unavailable - set(targets):
+    room = {s for s in holders - unavailable if busy.get(s, 0) + sources.count(s) < cap}
+    for target in waiting - set(targets):
         if target in holders:
-            assert target not in free  # it would serve itself, but is busy
+            assert target not in room  # it would serve itself, but is busy
         else:
-            assert not free
+            assert not room
+
+
+def test_a_source_shares_its_link_early_in_a_push_and_not_late() -> None:
+    """One holder, five waiting: it takes two at once. Nine holders, eight waiting: each
+    target gets a source of its own rather than half of a shared link."""
+    early = fanout_wave({"a"}, list("bcdef"), per_source=2)
+    assert early == [("a", "b"), ("a", "c")]
+    holders = set("abcdefghi")
+    late = fanout_wave(holders, list("jklmnopq"), per_source=2)
+    assert len(late) == 8 and len({s for s, _ in late}) == 8
+    # Two running copies will soon serve too: 3 holders + 2 receiving cover 5 waiting.
+    running = fanout_wave(set("abc"), list("vwxyz"), per_source=2, busy={"a": 1, "b": 1})
+    assert running == [("c", "v")]
