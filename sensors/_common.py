@@ -86,6 +86,25 @@ def fleet_sensor(
     return wrap
 
 
+VERSION_TAG = "fleetsync/version_key"  # the version a chain run is for, on every attempt
+_ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def version_run_key(context: dg.SensorEvaluationContext, version_key: str, now: float) -> str:
+    """The run key for the run that makes `version_key` (a config's export of one canonical
+    DB, its rating of one set of matches): the key itself on the first attempt, so Dagster
+    asks once per version; after that version's newest run failed or was cancelled, the
+    key and the retry hour, so it is asked again once an hour until a run succeeds.
+    Requests carry `{VERSION_TAG: version_key}` (one bounded run-storage query)."""
+    runs = context.instance.get_runs(dg.RunsFilter(tags={VERSION_TAG: version_key}), limit=1)
+    if not runs:
+        return version_key
+    latest = runs[0]
+    if latest.status in _ENDED_BADLY:
+        return f"{version_key}:retry{retry_hour(now)}"
+    return latest.tags.get("dagster/run_key", version_key)
+
+
 def partitions_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> set[str]:
     """Partitions of `job_name` with a run queued or running (Dagster's run storage, one
     bounded query): a chain waits for it instead of queueing a second run behind it."""

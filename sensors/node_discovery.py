@@ -35,7 +35,9 @@ def partition_changes(
     return to_add, to_remove
 
 
-@fleet_sensor("node_discovery", 60)
+# On by default: it adds and removes partitions and records the inventory, never a file;
+# without it a fresh deployment has no node partitions and every node sensor waits.
+@fleet_sensor("node_discovery", 60, default_status=dg.DefaultSensorStatus.RUNNING)
 def node_discovery(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     current = context.instance.get_dynamic_partitions(NODES)
     listed = {n.name for n in fleet.nodes}

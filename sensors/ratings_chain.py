@@ -3,7 +3,8 @@
 * `ratings_trigger`: the set of collected match snapshots (`elo_snapshot` artifacts with a
   verified copy on a counted durable node: what a complete union takes in) changed →
   `rate_models` for every config of the inventory. The run key names the set (a digest of
-  its SHA-256s), so each set is rated once per config and a newer one is rated again. A
+  its SHA-256s), so each set is rated once per config (again each hour after a failed
+  run, `version_run_key`) and a newer one is rated again. A
   config whose rating is still queued or running is asked again once it is done, for the
   newest set: at most one rating run per config in flight, however fast matches arrive.
 * `ratings_distribution`: the current `elo/fleet_ratings.db` (its catalog alias) onto
@@ -13,10 +14,20 @@ Both read the catalog only (and Dagster's run storage for runs in flight); both 
 and verify (a rating rewrites derived rows from the raw matches), so both are on by default.
 """
 
+import time
+
 import dagster as dg
 
 from resources.catalog import Catalog
-from sensors._common import IN_PROCESS, Tick, fleet_sensor, partitions_in_flight, set_digest
+from sensors._common import (
+    IN_PROCESS,
+    VERSION_TAG,
+    Tick,
+    fleet_sensor,
+    partitions_in_flight,
+    set_digest,
+    version_run_key,
+)
 from sensors.fan_out import Current, fan_out
 from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
 from sync_assets.engine.replication import counted_durable_nodes
@@ -42,15 +53,19 @@ def ratings_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: 
     version = set_digest(collected)
     busy = partitions_in_flight(context, RATE_JOB)
     configs = [c for c in fleet.configs if c not in busy]
+    now = time.time()
     if not configs:
         return dg.SkipReason(f"every config's rating is in flight; next: matches {version}")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=ratings_run_key(config, version),
+                run_key=version_run_key(context, ratings_run_key(config, version), now),
                 partition_key=config,
                 run_config=IN_PROCESS,
-                tags={"fleetsync/match_snapshots": str(len(collected))},
+                tags={
+                    "fleetsync/match_snapshots": str(len(collected)),
+                    VERSION_TAG: ratings_run_key(config, version),
+                },
             )
             for config in configs
         ]

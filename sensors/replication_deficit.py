@@ -23,7 +23,7 @@ from typing import Any, Self
 import dagster as dg
 
 from resources.catalog import Catalog, NodeState
-from sensors._common import Tick, fleet_sensor
+from sensors._common import IN_FLIGHT, Tick, fleet_sensor
 from sync_assets.engine.placement import (
     PRIORITY_BELOW_POLICY,
     PRIORITY_ONLY_EPHEMERAL,
@@ -116,18 +116,11 @@ def run_key(batch: list[Deficit], bucket: int) -> str:
 
 # ---- Dagster --------------------------------------------------------------------------
 
-UNFINISHED = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
 
 def _in_flight(instance: dg.DagsterInstance) -> frozenset[str]:
     """Artifacts named by repair runs not finished yet (at most RUNS_PER_TICK × a few)."""
     runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=repair_replicas.name, statuses=UNFINISHED),
+        filters=dg.RunsFilter(job_name=repair_replicas.name, statuses=IN_FLIGHT),
         limit=RUNS_PER_TICK * 10,
     )
     shas: set[str] = set()
@@ -167,7 +160,7 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
 
 @fleet_sensor(
     "replication_deficit",
-    60,
+    30,  # a lost node's last copies: the first repair within a minute of the loss
     job_name="repair_replicas",
     default_status=dg.DefaultSensorStatus.RUNNING,  # it only copies and verifies
 )

@@ -1,12 +1,16 @@
 """`training_trigger`: enough new canonical games since the last export → export that config.
 
-On by default: an export only writes a new content-addressed shard and verifies it."""
+On by default: an export only writes a new content-addressed shard and verifies it. One
+export per canonical DB version; after a failed one, asked again each hour
+(`version_run_key`)."""
+
+import time
 
 import dagster as dg
 import pandas as pd
 
 from resources.catalog import Catalog
-from sensors._common import IN_PROCESS, Tick, fleet_sensor
+from sensors._common import IN_PROCESS, VERSION_TAG, Tick, fleet_sensor, version_run_key
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.kinds import GAMES_CANONICAL, NPZ
 
@@ -46,15 +50,17 @@ def training_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog:
     if not due:
         return dg.SkipReason("no config has enough new games to export")
     canonical = aliases[aliases["kind"] == GAMES_CANONICAL.alias].set_index("config")["sha256"]
-    return dg.SensorResult(
-        run_requests=[
+    now = time.time()
+    requests = []
+    for config, new in sorted(due.items()):
+        # One export per canonical DB version: a later merge allows a new run.
+        version = f"npz:{config}:{canonical.get(config, 'none')}"
+        requests.append(
             dg.RunRequest(
-                # One export per canonical DB version: a later merge allows a new run.
-                run_key=f"npz:{config}:{canonical.get(config, 'none')}",
+                run_key=version_run_key(context, version, now),
                 partition_key=config,
                 run_config=IN_PROCESS,
-                tags={"fleetsync/new_games": str(new)},
+                tags={"fleetsync/new_games": str(new), VERSION_TAG: version},
             )
-            for config, new in sorted(due.items())
-        ]
-    )
+        )
+    return dg.SensorResult(run_requests=requests)

@@ -11,6 +11,7 @@ from resources.catalog import Catalog, NodeState
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
+from sensors._common import VERSION_TAG
 from sensors.merge_trigger import merge_trigger
 from sensors.ratings_chain import ratings_distribution, ratings_trigger
 from sensors.shard_distribution import shard_distribution
@@ -87,3 +88,18 @@ def test_each_chain_sensor_asks_for_the_missing_link_then_nothing(tmp_path: Path
         publish_on_node(fleet.node("gpu-1"), fleet, catalog, transports)
         assert asked(ratings_distribution) == {}
         assert asked(ratings_trigger) == first  # the same set of matches: the same keys
+
+        # A failed rating of a set is asked again under the retry hour's key; once a run
+        # for that set succeeds, its key comes back (Dagster runs a key once): no more.
+        config = DEMO_CONFIGS[2]
+
+        def attempt(run_key: str, status: dg.DagsterRunStatus) -> None:
+            tags = {VERSION_TAG: first[config], "dagster/run_key": run_key}
+            instance.add_run(dg.DagsterRun(job_name="rate_models", status=status, tags=tags))
+
+        attempt(first[config], dg.DagsterRunStatus.FAILURE)
+        retry = asked(ratings_trigger)[config]
+        assert retry.startswith(f"{first[config]}:retry")
+        attempt(retry, dg.DagsterRunStatus.SUCCESS)
+        assert asked(ratings_trigger)[config] == retry
+        assert asked(ratings_trigger)[DEMO_CONFIGS[0]] == first[DEMO_CONFIGS[0]]
