@@ -1012,7 +1012,9 @@ class Catalog(dg.ConfigurableResource):
         facts = {"jobs": probe.jobs, "sessions": probe.sessions, "error": probe.error}
         conn.execute(h.insert().values(node=node, **seen, **facts))
         conn.execute(h.delete().where((h.c.node == node) & (h.c.at < seen["at"] - PROBE_HISTORY_S)))
-        if probe.reachable:
+        # Only a successful probe says which DBs are there: an unreadable answer keeps the
+        # last successful probe's view (`NodeProbe.seen` refused unsafe names already).
+        if probe.reachable and probe.error is None:
             rows = [
                 {
                     "path": live.db.path,

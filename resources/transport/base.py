@@ -12,7 +12,9 @@ import abc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import ClassVar, NamedTuple, Protocol
+
+from resources.transport.paths import UnsafePathError, safe_relpath
 
 CHUNK_BYTES = 1 << 20  # streams and hashes move bounded blocks, never a whole file
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -110,7 +112,8 @@ class LiveDb:
 class NodeProbe:
     """What a probe saw; None means unknown (and unknown is never idle). `jobs` and
     `sessions` follow the rules in `node_probe.py`; `databases` is every games/*.db and
-    elo/*.db under the data root (empty when unreachable: nothing was seen)."""
+    elo/*.db under the data root (empty when unreachable: nothing was seen); `rejected`
+    the DB names refused as unsafe (never recorded, never acted upon)."""
 
     reachable: bool
     disk_total_bytes: int | None = None
@@ -120,23 +123,100 @@ class NodeProbe:
     jobs: int | None = None
     sessions: int | None = None
     databases: tuple[LiveDb, ...] = ()
+    rejected: tuple[str, ...] = ()
+    _FACTS: ClassVar[frozenset[str]] = frozenset(
+        {"disk_total_bytes", "disk_free_bytes", "gpu_util_percent", "jobs", "sessions", "databases"}
+    )
 
     @classmethod
-    def seen(cls, facts: dict[str, Any]) -> NodeProbe:
-        """A reachable node's probe from what `node_probe.probe` reported."""
-        live = []
-        for path, size, mtime_ns, wal_size, wal_mtime_ns in facts["databases"]:
-            wal = None if wal_size is None else RemoteFile(f"{path}-wal", wal_size, wal_mtime_ns)
-            live.append(LiveDb(RemoteFile(path, size, mtime_ns), wal))
+    def seen(cls, facts: object) -> NodeProbe:
+        """A reachable node's probe from what `node_probe.probe` reported. The reply comes
+        from the node, so it is data: a DB name that is not a safe path (`safe_relpath`:
+        not UTF-8, control characters, ...) goes to `rejected`; a reply of the wrong shape
+        or types raises ValueError (the catalog never stores what it cannot hold)."""
+        if not isinstance(facts, dict) or not facts.keys() >= cls._FACTS:
+            raise ValueError(f"probe reply is not an object with {sorted(cls._FACTS)}")
+        rows = facts["databases"]
+        if not isinstance(rows, list):
+            raise ValueError(f"databases: {type(rows).__name__}, not a list")
+        live, rejected = [], []
+        for row in rows:
+            if not isinstance(row, list | tuple) or len(row) != 5:
+                raise ValueError(
+                    f"databases: {row!r} is not [path, size, mtime, wal size, wal mtime]"
+                )
+            path, size, mtime_ns, wal_size, wal_mtime_ns = row
+            if not isinstance(path, str):
+                raise ValueError(f"databases: path {path!r} is not a string")
+            if not cls._is_database_path(path):
+                rejected.append(path)
+                continue
+            if (wal_size is None) != (wal_mtime_ns is None):
+                raise ValueError(f"databases: {path}: WAL size and mtime not both known")
+            db = RemoteFile(path, cls._count(size, "size"), cls._integer(mtime_ns, "mtime_ns"))
+            wal = (
+                None
+                if wal_size is None
+                else RemoteFile(
+                    f"{path}-wal",
+                    cls._count(wal_size, "wal_size"),
+                    cls._integer(wal_mtime_ns, "wal_mtime_ns"),
+                )
+            )
+            live.append(LiveDb(db, wal))
+        gpu = facts["gpu_util_percent"]
+        if gpu is not None and (
+            isinstance(gpu, bool) or not isinstance(gpu, int | float) or not 0 <= gpu <= 100
+        ):
+            raise ValueError(f"gpu_util_percent: {gpu!r} is not a percentage")
         return cls(
             reachable=True,
-            disk_total_bytes=facts["disk_total_bytes"],
-            disk_free_bytes=facts["disk_free_bytes"],
-            gpu_util_percent=facts["gpu_util_percent"],
-            jobs=facts["jobs"],
-            sessions=facts["sessions"],
+            disk_total_bytes=cls._known_count(facts["disk_total_bytes"], "disk_total_bytes"),
+            disk_free_bytes=cls._known_count(facts["disk_free_bytes"], "disk_free_bytes"),
+            gpu_util_percent=None if gpu is None else float(gpu),
+            jobs=cls._known_count(facts["jobs"], "jobs"),
+            sessions=cls._known_count(facts["sessions"], "sessions"),
             databases=tuple(live),
+            rejected=tuple(rejected),
         )
+
+    @classmethod
+    def answered(cls, node: str, facts: object) -> NodeProbe:
+        """What a node that answered reported (`seen`); a reply that cannot be read is an
+        answer with an error (the catalog then keeps the DBs seen before)."""
+        try:
+            return cls.seen(facts)
+        except ValueError as exc:
+            return cls(reachable=True, error=f"node {node}: probe: unreadable {exc!r}")
+
+    @staticmethod
+    def _is_database_path(path: str) -> bool:
+        """`games/NAME.db` or `elo/NAME.db`, exactly as `safe_relpath` would keep it."""
+        try:
+            if safe_relpath(path) != path:
+                return False
+        except UnsafePathError:
+            return False
+        directory, _, name = path.partition("/")
+        return directory in ("games", "elo") and "/" not in name and name.endswith(".db")
+
+    @staticmethod
+    def _integer(value: object, what: str) -> int:
+        # Not bool, not float: JSON numbers of the wrong kind; 64 bits: what the catalog holds.
+        if type(value) is not int or not -(2**63) <= value < 2**63:
+            raise ValueError(f"{what}: {value!r} is not a 64-bit integer")
+        return value
+
+    @classmethod
+    def _count(cls, value: object, what: str) -> int:
+        count = cls._integer(value, what)
+        if count < 0:
+            raise ValueError(f"{what}: {count} is negative")
+        return count
+
+    @classmethod
+    def _known_count(cls, value: object, what: str) -> int | None:
+        return None if value is None else cls._count(value, what)
 
 
 @dataclass(frozen=True)

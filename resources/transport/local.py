@@ -367,9 +367,10 @@ class LocalTransport(Transport):
         the same code (`node_probe.probe`), in-process; the host's GPUs and SSH sessions are
         not a directory's: unknown."""
         try:
-            return NodeProbe.seen(node_probe.probe(str(self._root(node, "probe")), host=False))
+            facts = node_probe.probe(str(self._root(node, "probe")), host=False)
         except (TransferError, OSError) as e:
             return NodeProbe(reachable=False, error=str(e))
+        return NodeProbe.answered(node.name, facts)
 
     def exec(
         self, node: Node, argv: Argv, stdin: bytes | None = None, timeout: float = 600

@@ -383,10 +383,7 @@ class SshTransport(Transport):
             facts = run_program(self, node, NODE_PROBE, [], None, timeout=60)
         except TransferError as exc:
             return NodeProbe(reachable=False, error=str(exc))
-        try:
-            return NodeProbe.seen(facts)
-        except (KeyError, TypeError, ValueError) as exc:
-            return NodeProbe(reachable=True, error=f"node {node.name}: probe: unreadable {exc!r}")
+        return NodeProbe.answered(node.name, facts)
 
     # ---- copies ----------------------------------------------------------------
 

@@ -62,6 +62,8 @@ def probe_metadata(probe: NodeProbe) -> "dict[str, dg.RawMetadataValue]":
         metadata["databases"] = meta.table(pd.DataFrame(rows, columns=columns))
     if probe.error:
         metadata["error"] = probe.error
+    if probe.rejected:  # DB names refused as unsafe (not UTF-8, ...): never recorded
+        metadata["rejected_db_names"] = [ascii(name) for name in probe.rejected]
     return metadata
 
 
