@@ -9,10 +9,15 @@ of routine work). Catalog and run-storage queries only, no SSH. On by default: a
 collection only snapshots, copies and verifies.
 
 Not more often than URGENT_EVERY_S (15 ticks) per DB: a self-play node writes all the time, and each
-collection snapshots and copies its changed DBs. Run keys hold the newest change seen, so
-the same state is asked for once and a later change asks again.
+collection snapshots and copies its changed DBs. A DB snapshotted within URGENT_EVERY_S is
+not fresh; and a run key names the URGENT_EVERY_S-long time slot of the request (not the
+newest change, which moves at every tick on a busy node), so a (job, node) is asked for at
+most once per slot, whether its runs succeed or keep failing. The key also names the DBs
+never collected: a DB seen for the first time is asked for at once, even in a slot that
+already had its run.
 """
 
+import hashlib
 import time
 from collections.abc import Collection, Iterable
 from typing import NamedTuple
@@ -47,7 +52,6 @@ class SeenDb(NamedTuple):
     path: str
     reachable: bool  # the node's latest probe answered
     fingerprint: str  # as the probe saw it (`freshness.seen_fingerprint`)
-    newest_mtime_ns: int  # of the DB and its WAL
     seen_at: float
     collected_fingerprint: str | None  # None: never snapshotted
     collected_at: float | None
@@ -56,8 +60,9 @@ class SeenDb(NamedTuple):
 class UrgentCollection(NamedTuple):
     job: str
     node: str
-    newest_mtime_ns: int  # the newest change among `paths`
+    slot: int  # the request's URGENT_EVERY_S-long time slot: one run key per slot
     paths: tuple[str, ...]  # the fresh DBs, for the run's tags
+    never_collected: tuple[str, ...]  # those of `paths` never snapshotted: in the run key
 
 
 def collection_job(path: str) -> str | None:
@@ -65,6 +70,12 @@ def collection_job(path: str) -> str | None:
     if GAME_DB_RE.match(path):
         return COLLECT_GAMES.name
     return COLLECT_MATCHES.name if path == ELO_DB else None
+
+
+def request_slot(now: float, every_s: float) -> int:
+    """The `every_s`-long time slot `now` falls in (`every_s` 0: no limit, every
+    microsecond its own slot)."""
+    return int(now // every_s) if every_s > 0 else int(now * 1e6)
 
 
 def urgent_collections(
@@ -77,7 +88,8 @@ def urgent_collections(
     """Which (job, node) to collect now: a node that is ephemeral and answered its last
     probe, holding a DB its job collects that is fresh (`freshness.is_fresh`) and was not
     snapshotted in the last `every_s`; none while a run of that job for that node is queued
-    or running (`busy`). Sorted by job, then node."""
+    or running (`busy`). Each in `now`'s request slot (`request_slot`). Sorted by job, then
+    node."""
     fresh: dict[tuple[str, str], list[SeenDb]] = {}
     for db in seen:
         job = collection_job(db.path)
@@ -87,18 +99,25 @@ def urgent_collections(
             continue
         if is_fresh(db.fingerprint, db.seen_at, db.collected_fingerprint, db.collected_at):
             fresh.setdefault((job, db.node), []).append(db)
+    slot = request_slot(now, every_s)
     return [
         UrgentCollection(
-            job, node, max(d.newest_mtime_ns for d in dbs), tuple(sorted(d.path for d in dbs))
+            job,
+            node,
+            slot,
+            tuple(sorted(d.path for d in dbs)),
+            tuple(sorted(d.path for d in dbs if d.collected_at is None)),
         )
         for (job, node), dbs in sorted(fresh.items())
     ]
 
 
 def urgent_run(urgent: UrgentCollection) -> dg.RunRequest:
+    # One run per (job, node) per slot (Dagster requests a run key once), however often
+    # the node writes or the run fails; a DB seen for the first time makes a new key.
+    new = hashlib.sha256("\0".join(urgent.never_collected).encode()).hexdigest()[:16]
     return dg.RunRequest(
-        # The newest change seen: this state is asked for once, a later change again.
-        run_key=f"ephemeral_sync:{urgent.job}:{urgent.node}:{urgent.newest_mtime_ns}",
+        run_key=f"ephemeral_sync:{urgent.job}:{urgent.node}:{urgent.slot}:{new}",
         job_name=urgent.job,
         partition_key=urgent.node,
         tags={**URGENT_TAGS, "fleetsync/fresh": ",".join(urgent.paths)[:200]},
@@ -122,7 +141,6 @@ def ephemeral_sync(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: C
             r.path,
             bool(r.reachable),
             seen_fingerprint(r.size, r.mtime_ns, r.wal_size, r.wal_mtime_ns),
-            max(r.mtime_ns, r.wal_mtime_ns or 0),
             r.seen_at,
             r.collected_fingerprint,
             r.collected_at,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +42,9 @@ def oracle(
     """Written from the rule, not from the code: per node and job, the DBs on a reachable
     ephemeral node that the job collects, whose probe came after the last snapshot and
     saw another state (or that were never snapshotted), unless snapshotted within EVERY_S
-    or already being collected."""
+    or already being collected; each in the EVERY_S-long slot NOW falls in, naming the DBs
+    never snapshotted."""
+    slot = math.floor(NOW / EVERY_S)
     out = []
     for node in sorted(ephemeral):
         for job, paths in (("collect_games", GAMES), ("collect_matches", {"elo/unified_elo.db"})):
@@ -57,10 +61,9 @@ def oracle(
                 ):
                     fresh.append(db)
             if fresh:
-                newest = max(db.newest_mtime_ns for db in fresh)
-                out.append(
-                    UrgentCollection(job, node, newest, tuple(sorted(db.path for db in fresh)))
-                )
+                paths = tuple(sorted(db.path for db in fresh))
+                new = tuple(sorted(db.path for db in fresh if db.collected_at is None))
+                out.append(UrgentCollection(job, node, slot, paths, new))
     return sorted(out)
 
 
@@ -79,7 +82,6 @@ def seen_dbs(draw: st.DrawFn) -> list[SeenDb]:
                 path,
                 reachable[node],
                 draw(st.sampled_from(FINGERPRINTS)),
-                draw(st.integers(0, 2**62)),
                 seen_at,
                 collected,
                 collected_at,
@@ -107,10 +109,10 @@ def test_urgent_collections_match_the_oracle(
 
 
 def test_the_three_cases_the_sensor_exists_for() -> None:
-    fresh = SeenDb("gpu-1", "games/selfplay.db", True, "2:2:-", 7, NOW, "1:1:-", NOW - EVERY_S)
+    fresh = SeenDb("gpu-1", "games/selfplay.db", True, "2:2:-", NOW, "1:1:-", NOW - EVERY_S)
     # Fresh data on an ephemeral node: one urgent collection of that node.
     assert urgent_collections([fresh], {"gpu-1"}, set(), NOW, EVERY_S) == [
-        UrgentCollection("collect_games", "gpu-1", 7, ("games/selfplay.db",))
+        UrgentCollection("collect_games", "gpu-1", 11, ("games/selfplay.db",), ())
     ]
     # The same on a durable (not ephemeral) node: nothing urgent.
     assert urgent_collections([fresh._replace(node="store-1")], {"gpu-1"}, set(), NOW) == []
@@ -119,16 +121,18 @@ def test_the_three_cases_the_sensor_exists_for() -> None:
     assert urgent_collections([done], {"gpu-1"}, set(), NOW, EVERY_S) == []
 
 
-def test_urgent_run_is_high_priority_for_that_node_and_keyed_by_the_newest_change() -> None:
-    urgent = UrgentCollection(
-        "collect_matches", "gpu-2", 1_795_983_977_155_471_546, ("elo/unified_elo.db",)
-    )
+def test_urgent_run_is_high_priority_for_that_node_and_keyed_by_slot_and_new_dbs() -> None:
+    urgent = UrgentCollection("collect_matches", "gpu-2", 1_995_537, ("elo/unified_elo.db",), ())
     run = urgent_run(urgent)
     assert run.job_name == "collect_matches" and run.partition_key == "gpu-2"
     assert run.tags["dagster/priority"] == "10"
-    assert run.run_key is not None and run.run_key.endswith(":1795983977155471546")
-    later = urgent_run(urgent._replace(newest_mtime_ns=urgent.newest_mtime_ns + 1))
-    assert later.run_key != run.run_key  # a later change may be collected again
+    assert run.run_key is not None and ":1995537:" in run.run_key
+    later = urgent_run(urgent._replace(slot=urgent.slot + 1))
+    assert later.run_key != run.run_key  # the next slot may collect it again
+    # A DB never collected makes a new key in the same slot: it is asked for at once.
+    new = urgent._replace(never_collected=("elo/unified_elo.db",))
+    assert urgent_run(new).run_key not in (run.run_key, later.run_key)
+    assert urgent_run(urgent).run_key == run.run_key  # the same request: the same key
 
 
 @given(
