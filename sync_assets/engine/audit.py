@@ -14,6 +14,14 @@ more, directly (one command per 1,000 paths, output closed by a sentinel): a lis
 back short — a transport bug, a directory being rewritten while `find` walked it — must never
 cost the catalog a good replica. Nothing extra is run when the listing matches the catalog.
 
+A data root whose disk is not mounted (an empty mount point after a reboot, an NFS or fsck
+hiccup) looks exactly like a node whose files were all deleted: nothing is dropped on a node
+whose data root holds no entry but hidden ones (fleetsync's own `.fleetsync`, `.quarantine`,
+which a run may have made on the bare mount point). The same look that confirms the paths
+tells (`replicas_to_drop`), so the guard costs no extra round trip; `DataRootEmpty` is raised
+instead, naming the node: the last copy of an artifact must never be dropped because a disk
+was late to mount.
+
 Plain functions, no Dagster.
 """
 
@@ -23,7 +31,7 @@ import gc
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,8 +53,36 @@ SUSPECT_SLACK_S = 2.0
 CONFIRM_BATCH = 1000
 """Paths per confirmation command (keeps the command line far below ARG_MAX)."""
 
-_CONFIRM_SCRIPT = 'find -L "$@" -maxdepth 0 -type f -printf "%p\\0%s\\0" 2>/dev/null; echo END'
+# First line: "x" when the data root (the working directory) holds a visible entry; then
+# NUL-terminated path, size pairs of the given paths that are regular files.
+_CONFIRM_SCRIPT = (
+    'find . -mindepth 1 -maxdepth 1 ! -name ".*" -printf x -quit 2>/dev/null; echo; '
+    'find -L "$@" -maxdepth 0 -type f -printf "%p\\0%s\\0" 2>/dev/null; echo END'
+)
 _SENTINEL = "END\n"
+
+
+class DataRootEmpty(TransferError):
+    """Replicas would be dropped on a node whose data root holds nothing of ours: an
+    unmounted disk, not a loss. Nothing was dropped."""
+
+    def __init__(self, node: str, wrong: int) -> None:
+        super().__init__(
+            f"node {node}: {wrong} recorded replicas not on disk and its data root is empty "
+            "(hidden entries aside); nothing dropped: data root empty or unmounted?"
+        )
+
+    def finding(self) -> tuple[str, str, str, str]:
+        """The `check_findings` entry (about the data root, no one artifact)."""
+        return "", ".", "unmounted", str(self)
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    """What one look at given paths on a node found."""
+
+    sizes: dict[str, int]  # path: size, of those that are regular files (links followed)
+    root_populated: bool  # the data root holds an entry that is not hidden
 
 
 @dataclass(frozen=True)
@@ -114,7 +150,8 @@ def audit_node(node: Node, catalog: Catalog, transport: Transport) -> AuditResul
     when something looks wrong, one confirming `transport.exec` per 1,000 such paths
     and one catalog transaction. Never reads file contents. An unreachable node, or a
     confirmation that comes back incomplete, raises (TransferError) before the catalog
-    is touched: a node we could not see is not a node that lost its files."""
+    is touched: a node we could not see is not a node that lost its files; so does a
+    data root that looks unmounted (DataRootEmpty)."""
     with _gc_paused():
         return _audit(node, catalog, transport)
 
@@ -176,12 +213,13 @@ def audit_nodes(
         return dict(zip([n.name for n in nodes], pool.map(one, nodes), strict=True))
 
 
-def sizes_on_disk(node: Node, transport: Transport, paths: Sequence[str]) -> dict[str, int]:
-    """{path: size} of the given paths that are regular files on the node (links
-    followed), looked at directly: one command per 1,000 paths, output closed by a
-    sentinel. Raises TransferError when the answer is incomplete: a node we could not
-    see is not a node that lost its files."""
+def look_on_disk(node: Node, transport: Transport, paths: Sequence[str]) -> OnDisk:
+    """The sizes of the given paths that are regular files on the node (links followed),
+    looked at directly, and whether its data root holds anything visible: one command per
+    1,000 paths, output closed by a sentinel. Raises TransferError when the answer is
+    incomplete: a node we could not see is not a node that lost its files."""
     sizes: dict[str, int] = {}
+    root_populated = True
     for i in range(0, len(paths), CONFIRM_BATCH):
         batch = [f"./{p}" for p in paths[i : i + CONFIRM_BATCH]]  # never an option
         done = transport.exec(node, ["sh", "-c", _CONFIRM_SCRIPT, "sh", *batch], timeout=300)
@@ -191,10 +229,28 @@ def sizes_on_disk(node: Node, transport: Transport, paths: Sequence[str]) -> dic
                 f"node {node.name}: confirming {len(batch)} paths returned incomplete "
                 f"output (exit {done.returncode}); nothing dropped"
             )
-        fields = out[: -len(_SENTINEL)].split("\0")[:-1]  # NUL-terminated: path, size, …
+        root_line, _, listed = out[: -len(_SENTINEL)].partition("\n")
+        root_populated = root_populated and root_line == "x"  # every look must say so
+        fields = listed.split("\0")[:-1]  # NUL-terminated: path, size, …
         pairs = zip(fields[::2], fields[1::2], strict=True)
         sizes.update((path.removeprefix("./"), int(size)) for path, size in pairs)
-    return sizes
+    return OnDisk(sizes, root_populated)
+
+
+def replicas_to_drop(
+    node: str, recorded: Sequence[AuditedReplica], sizes: Mapping[str, int], *, root_populated: bool
+) -> list[AuditedReplica]:
+    """The `recorded` replicas whose file is gone or resized (`sizes`: what is on disk),
+    with the size found. Raises DataRootEmpty, so that none is dropped, when there is one
+    and the data root holds nothing visible: that is an unmounted disk, not a loss."""
+    wrong = [
+        AuditedReplica(r.sha256, r.path, r.recorded_size, sizes.get(r.path))
+        for r in recorded
+        if sizes.get(r.path) != r.recorded_size
+    ]
+    if wrong and not root_populated:
+        raise DataRootEmpty(node, len(wrong))
+    return wrong
 
 
 def confirm_replicas(
@@ -203,33 +259,29 @@ def confirm_replicas(
     """Check catalog replicas on `node` against its disk (no hashing) and drop the ones
     that are gone or resized, in one transaction; returns those. The check the engine
     makes before it trusts a "nothing to do" or uses a copy as a source: the disk's word
-    beats the catalog's. `recorded` rows carry the catalog's size (found_size unused)."""
+    beats the catalog's. `recorded` rows carry the catalog's size (found_size unused).
+    Raises DataRootEmpty, dropping nothing, when the node's data root looks unmounted."""
     if not recorded:
         return []
-    sizes = sizes_on_disk(node, transport, [r.path for r in recorded])
-    wrong = [
-        AuditedReplica(r.sha256, r.path, r.recorded_size, sizes.get(r.path))
-        for r in recorded
-        if sizes.get(r.path) != r.recorded_size
-    ]
+    seen = look_on_disk(node, transport, [r.path for r in recorded])
+    wrong = replicas_to_drop(node.name, recorded, seen.sizes, root_populated=seen.root_populated)
     catalog.drop_replicas(node.name, [(r.sha256, r.path) for r in wrong])
     return wrong
 
 
 def _confirm(node: Node, transport: Transport, result: AuditResult) -> None:
-    """Look at the missing and resized paths directly; keep only what that confirms."""
-    wrong = [*result.missing, *result.changed]
-    sizes = sizes_on_disk(node, transport, [r.path for r in wrong])
-    result.missing, result.changed = [], []
-    for r in wrong:
-        size = sizes.get(r.path)
-        if size is None:
-            result.missing.append(AuditedReplica(r.sha256, r.path, r.recorded_size, None))
-        elif size != r.recorded_size:
-            result.changed.append(AuditedReplica(r.sha256, r.path, r.recorded_size, size))
-        else:
-            result.recovered.append(r.path)
-            result.ok.append(r.path)
+    """Look at the missing and resized paths directly; keep only what that confirms.
+    Raises DataRootEmpty when the data root looks unmounted."""
+    listed_wrong = [*result.missing, *result.changed]
+    seen = look_on_disk(node, transport, [r.path for r in listed_wrong])
+    wrong = replicas_to_drop(
+        node.name, listed_wrong, seen.sizes, root_populated=seen.root_populated
+    )
+    result.missing = [r for r in wrong if r.found_size is None]
+    result.changed = [r for r in wrong if r.found_size is not None]
+    confirmed = {(r.sha256, r.path) for r in wrong}
+    result.recovered = [r.path for r in listed_wrong if (r.sha256, r.path) not in confirmed]
+    result.ok.extend(result.recovered)
 
 
 _gc_lock = threading.Lock()

@@ -6,16 +6,19 @@ resized, never a flipped bit. A scrub re-hashes, on the node, a bounded byte bud
 node's verified replicas, least recently verified first, and compares each SHA-256 with
 the catalog's for that replica:
 - it matches: the replica's `verified_at` moves up, so the next scrub takes older ones;
-- it differs and the file was not written since its verification (bit rot leaves the
-  mtime alone): the file is corrupt. It is moved aside on the node to
-  `.quarantine/<path>.<found sha16>` (never deleted, never left under its final name,
-  where a repair would copy over it), the replica is dropped and the finding logged,
-  so the planner repairs it from another copy;
-- it differs and the file was written after its verification, for a kind whose files
-  are rewritten in place (a canonical DB mid-merge, a promoted model): a writer's file,
-  never moved; the replica is dropped (the catalog's claim is wrong) and logged;
+- it differs at a path a newer version may be written over (`replaced_in_place`: a
+  canonical DB mid-merge, a promoted model, a training node's current shard), or the
+  bytes found are a version the catalog knows (of any kind): a writer's file, landed
+  before its row was written, never moved; the stale replica is dropped and logged (the
+  placement sensors put the current version back; a node agent's pull re-copies a file
+  whose hash differs). The mtime cannot tell: `rsync --times` keeps the source's;
+- it differs otherwise (a content-named file with unknown bytes: bit rot): the file is
+  corrupt. It is moved aside on the node to `.quarantine/<path>.<found sha16>` (never
+  deleted, never left under its final name, where a repair would copy over it), the
+  replica is dropped and the finding logged, so the planner repairs it from another copy;
 - the file is gone or resized: left to the audit's own look (`confirm_replicas`), which
-  drops it; nothing is quarantined;
+  drops it; nothing is quarantined, and nothing dropped when the data root looks
+  unmounted (`DataRootEmpty`: logged, and named in `ScrubResult.refused`);
 - it changed while being read, or could not be read (timeout, I/O error): nothing is
   decided, and its verified_at stays, so it comes first again.
 A node that cannot be reached changes nothing. Staging copies are never scrubbed: they
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,7 +39,7 @@ from resources.catalog import Catalog, ReplicaState
 from resources.transport.base import TransferError
 from resources.transport.programs import Program
 from sync_assets.engine import scrub_hash
-from sync_assets.engine.audit import SUSPECT_SLACK_S, AuditedReplica, confirm_replicas
+from sync_assets.engine.audit import AuditedReplica, DataRootEmpty, confirm_replicas
 from sync_assets.fleet import node_program
 
 if TYPE_CHECKING:
@@ -130,6 +133,7 @@ class ScrubResult:
     skipped: list[str] = field(default_factory=list)  # changed while read, or re-recorded
     errors: list[str] = field(default_factory=list)  # not hashed: nothing decided
     failures: list[str] = field(default_factory=list)  # a corrupt file that was not moved
+    refused: str = ""  # why the gone ones were not dropped (a data root that looks unmounted)
 
     def summary(self) -> str:
         """One line for the catalog's `node_checks.last_finding`."""
@@ -144,6 +148,8 @@ class ScrubResult:
         ):
             if items:
                 parts.append(f"{len(items)} {name}")
+        if self.refused:
+            parts.append(self.refused)
         return ", ".join(parts)
 
     def metadata(self) -> dict[str, object]:
@@ -157,6 +163,7 @@ class ScrubResult:
             "skipped": self.skipped,
             "errors": self.errors,
             "failures": self.failures,
+            "refused": self.refused,
         }
 
 
@@ -165,12 +172,13 @@ def scrub_node(
     catalog: Catalog,
     transports: Transports,
     *,
-    rewritable_kinds: Collection[str],
+    replaced_in_place: Callable[[str, str], bool],
     budget: int,
     hash_timeout_s: float,
 ) -> ScrubResult:
     """Scrub `node` (see the module's docstring): up to `budget` bytes, each file within
     `hash_timeout_s` (a hung disk must not hold the scrub), recorded in `node_checks`.
+    `replaced_in_place(kind, path)`: a newer version may be written over that file.
     Raises TransferError, having changed nothing, when the node cannot hash its files."""
     started = time.time()
     result = ScrubResult(node.name)
@@ -187,7 +195,7 @@ def scrub_node(
             timeout=hash_timeout_s * len(chosen) + 60,
         )
         _decide(
-            node, catalog, transports, chosen, answer["files"], started, rewritable_kinds, result
+            node, catalog, transports, chosen, answer["files"], started, replaced_in_place, result
         )
     catalog.record_scrub(node.name, result.bytes_hashed, result.summary(), at=started)
     return result
@@ -200,7 +208,7 @@ def _decide(
     chosen: Sequence[ScrubCandidate],
     replies: Sequence[dict[str, object]],
     started: float,
-    rewritable_kinds: Collection[str],
+    replaced_in_place: Callable[[str, str], bool],
     result: ScrubResult,
 ) -> None:
     transport = transports.for_node(node)
@@ -220,15 +228,12 @@ def _decide(
             if found == candidate.sha256:
                 matched.append((candidate.sha256, candidate.path))
                 continue
-            written_since = (
-                int(str(reply["mtime_ns"])) > (candidate.verified_at + SUSPECT_SLACK_S) * 1e9
-            )
             if not _still_recorded(catalog, node.name, candidate):
                 result.skipped.append(f"{candidate.path}: recorded again while hashed")
-            elif written_since and candidate.kind in rewritable_kinds:
+            elif why := _landed_version(catalog, candidate, found, replaced_in_place):
                 result.rewritten.append(candidate.path)
                 dropped.append((candidate.sha256, candidate.path))
-                detail = f"found {found}, written after its verification; left in place"
+                detail = f"found {found}, {why}; row dropped, file left in place"
                 findings.append((candidate.sha256, candidate.path, "rewritten", detail))
             else:
                 aside = quarantine_path(candidate.path, found)
@@ -247,10 +252,29 @@ def _decide(
     result.matched = len(matched)
     catalog.refresh_verified(node.name, matched, started)
     catalog.drop_replicas(node.name, dropped)
-    for wrong in confirm_replicas(node, catalog, transport, gone):
-        result.gone.append(wrong.path)
-        findings.append(gone_finding(wrong))
+    try:
+        for wrong in confirm_replicas(node, catalog, transport, gone):
+            result.gone.append(wrong.path)
+            findings.append(gone_finding(wrong))
+    except DataRootEmpty as exc:  # an unmounted disk: its last copies must stay recorded
+        result.refused = str(exc)
+        findings.append(exc.finding())
     catalog.record_check_findings(node.name, findings)
+
+
+def _landed_version(
+    catalog: Catalog,
+    candidate: ScrubCandidate,
+    found: str,
+    replaced_in_place: Callable[[str, str], bool],
+) -> str:
+    """Why bytes that differ from the catalog's may be a newer version a writer put there
+    (never moved aside), or "" for rot. Asks the catalog only for a content-named file."""
+    if replaced_in_place(candidate.kind, candidate.path):
+        return "at a path a newer version is written over"
+    if catalog.artifacts_of(shas=[found]):
+        return "a version the catalog knows"
+    return ""
 
 
 def _still_recorded(catalog: Catalog, node: str, candidate: ScrubCandidate) -> bool:

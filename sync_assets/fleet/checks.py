@@ -12,6 +12,7 @@ changes nothing; it is named in the run's failure and goes to the back of the ro
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
 
 import dagster as dg
 
@@ -19,17 +20,27 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from resources.transport.base import TransferError
-from sync_assets.engine.audit import AuditResult, audit_nodes
+from sync_assets.engine.audit import AuditResult, DataRootEmpty, audit_nodes
 from sync_assets.engine.scrub import ScrubResult, gone_finding, scrub_node
 from sync_assets.fleet.inventory import Fleet, Node, load_fleet
 from sync_assets.fleet.repair import REPAIR_PATHS
-from sync_assets.kinds import KINDS
+from sync_assets.kinds import KINDS, NPZ
+from sync_assets.training.shards import node_shard_path
 
-# Files rewritten in place at one path (a canonical DB, the ratings, a promoted model):
-# a scrub never moves one written after its verification (see engine/scrub.py). Every
-# other kind is named by its content, so any change to it is damage.
+# Files rewritten in place at one path (a canonical DB, the ratings, a promoted model).
+# Every other kind is named by its content where it is kept durably.
 REWRITABLE_KINDS = frozenset(k.name for k in KINDS) - REPAIR_PATHS.keys()
 SCRUB_WORKERS = 4  # nodes hashing at once: the work is on the nodes, the wait here
+
+
+def replaced_in_place(kind: str, path: str) -> bool:
+    """A newer version of the artifact may be written over the file at `path`, so other
+    bytes there are a writer's, never rot (a scrub leaves them, see engine/scrub.py):
+    every path of a rewritable kind, and a training node's current shard
+    `training/{config}.npz`, replaced on each export (its durable copies are content-named)."""
+    if kind == NPZ.name:
+        return path == node_shard_path(PurePosixPath(path).stem)
+    return kind in REWRITABLE_KINDS
 
 
 class AuditConfig(dg.Config):
@@ -79,6 +90,8 @@ def audit(
     for name, outcome in audit_nodes(nodes, catalog, transports.for_node).items():
         if isinstance(outcome, TransferError):
             failures.append(f"{name}: {outcome}")
+            if isinstance(outcome, DataRootEmpty):
+                catalog.record_check_findings(name, [outcome.finding()])
             catalog.record_audit(name, f"audit failed: {outcome}", at=started)
             continue
         wrong = [*outcome.missing, *outcome.changed]
@@ -112,7 +125,7 @@ def scrub(
                 node,
                 catalog,
                 transports,
-                rewritable_kinds=REWRITABLE_KINDS,
+                replaced_in_place=replaced_in_place,
                 budget=int(policy.budget_gib * 2**30),
                 hash_timeout_s=policy.hash_timeout_s,
             )
@@ -127,6 +140,7 @@ def scrub(
     failures = [f"{name}: {out}" for name, out in outcomes.items() if isinstance(out, Exception)]
     scrubbed = {n: r for n, r in outcomes.items() if isinstance(r, ScrubResult)}
     failures += [f"{n}: {why}" for n, r in scrubbed.items() for why in r.failures]
+    failures += [f"{n}: {r.refused}" for n, r in scrubbed.items() if r.refused]
     context.add_output_metadata(
         {"scrubbed": {n: r.metadata() for n, r in scrubbed.items()}, "failures": failures}
     )

@@ -17,13 +17,13 @@ from resources.transport import Transports
 from resources.transport.base import TransferError
 from sync_assets.demo.sshd_fleet import SshdFleet
 from sync_assets.engine.scrub import quarantine_path, scrub_node
-from sync_assets.fleet.checks import REWRITABLE_KINDS
+from sync_assets.fleet.checks import replaced_in_place
 from sync_assets.fleet.inventory import Node
 from tests.cluster.test_audit import put
 
 pytestmark = pytest.mark.cluster
 SCRUB: dict[str, Any] = {
-    "rewritable_kinds": REWRITABLE_KINDS,
+    "replaced_in_place": replaced_in_place,
     "budget": 2**30,
     "hash_timeout_s": 60,
 }
