@@ -15,6 +15,10 @@ newest change, which moves at every tick on a busy node), so a (job, node) is as
 most once per slot, whether its runs succeed or keep failing. The key also names the DBs
 never collected: a DB seen for the first time is asked for at once, even in a slot that
 already had its run.
+
+`routine_sync` makes the same decision for every other node at normal priority, at most
+once per ROUTINE_EVERY_S (30 ticks): games and matches on CPU boxes and other nodes
+that do not vanish reach the canonical DBs and the ratings with no person in the chain.
 """
 
 import hashlib
@@ -39,10 +43,12 @@ from sync_assets.partitions import NODES
 COLLECT_GAMES = dg.define_asset_job("collect_games", selection=[SELFPLAY])
 COLLECT_MATCHES = dg.define_asset_job("collect_matches", selection=[MATCHES])
 URGENT_TAGS = {"dagster/priority": "10", "fleetsync/urgent": "ephemeral_sync"}
+ROUTINE_TAGS = {"fleetsync/routine": "routine_sync"}
 INTERVAL_S = 60
 # At most one urgent collection of a DB per 15 ticks: 15 minutes at the default interval,
 # seconds under FLEETSYNC_SENSOR_INTERVAL_S (a test's daemon).
 URGENT_EVERY_S = 15.0 * sensor_interval(INTERVAL_S)
+ROUTINE_EVERY_S = 30.0 * sensor_interval(INTERVAL_S)  # nodes that do not vanish
 
 
 class SeenDb(NamedTuple):
@@ -80,20 +86,20 @@ def request_slot(now: float, every_s: float) -> int:
 
 def urgent_collections(
     seen: Iterable[SeenDb],
-    ephemeral: Collection[str],
+    nodes: Collection[str],
     busy: Collection[tuple[str, str]],
     now: float,
     every_s: float = URGENT_EVERY_S,
 ) -> list[UrgentCollection]:
-    """Which (job, node) to collect now: a node that is ephemeral and answered its last
-    probe, holding a DB its job collects that is fresh (`freshness.is_fresh`) and was not
-    snapshotted in the last `every_s`; none while a run of that job for that node is queued
-    or running (`busy`). Each in `now`'s request slot (`request_slot`). Sorted by job, then
-    node."""
+    """Which (job, node) to collect now: a node among `nodes` (the ephemeral ones for
+    `ephemeral_sync`, the others for `routine_sync`) that answered its last probe, holding
+    a DB its job collects that is fresh (`freshness.is_fresh`) and was not snapshotted in
+    the last `every_s`; none while a run of that job for that node is queued or running
+    (`busy`). Each in `now`'s request slot (`request_slot`). Sorted by job, then node."""
     fresh: dict[tuple[str, str], list[SeenDb]] = {}
     for db in seen:
         job = collection_job(db.path)
-        if job is None or db.node not in ephemeral or not db.reachable or (job, db.node) in busy:
+        if job is None or db.node not in nodes or not db.reachable or (job, db.node) in busy:
             continue
         if db.collected_at is not None and now - db.collected_at < every_s:
             continue
@@ -112,16 +118,41 @@ def urgent_collections(
     ]
 
 
-def urgent_run(urgent: UrgentCollection) -> dg.RunRequest:
+def urgent_run(urgent: UrgentCollection, routine: bool = False) -> dg.RunRequest:
     # One run per (job, node) per slot (Dagster requests a run key once), however often
     # the node writes or the run fails; a DB seen for the first time makes a new key.
     new = hashlib.sha256("\0".join(urgent.never_collected).encode()).hexdigest()[:16]
+    sensor, tags = ("routine_sync", ROUTINE_TAGS) if routine else ("ephemeral_sync", URGENT_TAGS)
     return dg.RunRequest(
-        run_key=f"ephemeral_sync:{urgent.job}:{urgent.node}:{urgent.slot}:{new}",
+        run_key=f"{sensor}:{urgent.job}:{urgent.node}:{urgent.slot}:{new}",
         job_name=urgent.job,
         partition_key=urgent.node,
-        tags={**URGENT_TAGS, "fleetsync/fresh": ",".join(urgent.paths)[:200]},
+        tags={**tags, "fleetsync/fresh": ",".join(urgent.paths)[:200]},
     )
+
+
+def _due(
+    context: dg.SensorEvaluationContext, catalog: Catalog, nodes: set[str], every_s: float
+) -> list[UrgentCollection]:
+    """Catalog and run-storage reads only: the collections of `nodes` due now."""
+    seen = [
+        SeenDb(
+            r.node,
+            r.path,
+            bool(r.reachable),
+            seen_fingerprint(r.size, r.mtime_ns, r.wal_size, r.wal_mtime_ns),
+            r.seen_at,
+            r.collected_fingerprint,
+            r.collected_at,
+        )
+        for r in catalog.probed_databases(nodes)
+    ]
+    busy = {
+        (job.name, node)
+        for job in (COLLECT_GAMES, COLLECT_MATCHES)
+        for node in partitions_in_flight(context, job.name)
+    }
+    return urgent_collections(seen, nodes, busy, time.time(), every_s)
 
 
 @fleet_sensor(
@@ -135,24 +166,24 @@ def ephemeral_sync(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: C
     ephemeral = {n.name for n in fleet.nodes if n.ephemeral and n.name in partitions}
     if not ephemeral:
         return dg.SkipReason("no ephemeral node in the node partitions")
-    seen = [
-        SeenDb(
-            r.node,
-            r.path,
-            bool(r.reachable),
-            seen_fingerprint(r.size, r.mtime_ns, r.wal_size, r.wal_mtime_ns),
-            r.seen_at,
-            r.collected_fingerprint,
-            r.collected_at,
-        )
-        for r in catalog.probed_databases(ephemeral)
-    ]
-    busy = {
-        (job.name, node)
-        for job in (COLLECT_GAMES, COLLECT_MATCHES)
-        for node in partitions_in_flight(context, job.name)
-    }
-    urgent = urgent_collections(seen, ephemeral, busy, time.time(), URGENT_EVERY_S)
+    urgent = _due(context, catalog, ephemeral, URGENT_EVERY_S)
     if not urgent:
         return dg.SkipReason(f"no fresh data on {len(ephemeral)} ephemeral node(s)")
     return dg.SensorResult(run_requests=[urgent_run(u) for u in urgent])
+
+
+@fleet_sensor(
+    "routine_sync",
+    INTERVAL_S,
+    jobs=[COLLECT_GAMES, COLLECT_MATCHES],
+    default_status=dg.DefaultSensorStatus.RUNNING,  # it only snapshots, copies and verifies
+)
+def routine_sync(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
+    partitions = set(context.instance.get_dynamic_partitions(NODES))
+    others = {n.name for n in fleet.nodes if not n.ephemeral and n.name in partitions}
+    if not others:
+        return dg.SkipReason("no node that is not ephemeral in the node partitions")
+    due = _due(context, catalog, others, ROUTINE_EVERY_S)
+    if not due:
+        return dg.SkipReason(f"nothing to collect from {len(others)} node(s) yet")
+    return dg.SensorResult(run_requests=[urgent_run(u, routine=True) for u in due])

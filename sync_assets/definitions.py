@@ -6,7 +6,7 @@ from resources.catalog import Catalog
 from resources.exporter import Exporter
 from resources.inventory import FleetInventory
 from resources.transport import Transports
-from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync
+from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync, routine_sync
 from sensors.fleet_audit import fleet_audit
 from sensors.fleet_probe import fleet_probe
 from sensors.merge_trigger import merge_trigger
@@ -55,11 +55,24 @@ defs = dg.Definitions(
     ],
     # repair_replicas is op-based: it re-replicates artifacts, materializing no asset.
     jobs=[*JOBS, repair_replicas, audit_fleet],
-    sensors=[node_discovery, training_trigger, model_promotion, replication_deficit]
-    + [transfer_failures]  # item 6: failed runs recorded, breakers fed
-    + [merge_trigger, shard_distribution, ratings_trigger, ratings_distribution]  # item 7
-    + [fleet_audit]  # item 3: audit and scrub on rotation
-    + [fleet_probe, ephemeral_sync],  # items 2 and 5: the fleet probed, fresh data collected
+    sensors=[
+        # The fleet: nodes, probes, audits, failed runs.
+        node_discovery,
+        fleet_probe,
+        fleet_audit,
+        transfer_failures,
+        # Copies: collected, repaired, placed.
+        ephemeral_sync,
+        routine_sync,
+        replication_deficit,
+        # The chains: games -> canonical -> shards; matches -> ratings; promoted models.
+        merge_trigger,
+        training_trigger,
+        shard_distribution,
+        ratings_trigger,
+        ratings_distribution,
+        model_promotion,
+    ],
     resources={
         "inventory": FleetInventory(),
         "catalog": Catalog(),

@@ -74,12 +74,15 @@ SENSORS_NOT_BUILT_YET = {
     "idle_shutdown",
 }
 # Sensors beyond CONTRACT.md's list: extensions, each documented in the README.
-EXTENSION_SENSORS = {"fleet_audit"}
-# Item 7 (README "Automation"): the games, shard and Elo chains.
-EXTENSION_SENSORS |= {"merge_trigger", "shard_distribution"}
-EXTENSION_SENSORS |= {"ratings_trigger", "ratings_distribution"}
-# Items 2 and 5 (README "Probing the whole fleet"): one probe run per tick.
-EXTENSION_SENSORS |= {"fleet_probe"}
+EXTENSION_SENSORS = {
+    "fleet_probe",  # README "Probing the whole fleet": one probe run per tick
+    "fleet_audit",  # README "Audit and scrub on rotation"
+    "routine_sync",  # README "Automation": collection from nodes that do not vanish
+    "merge_trigger",  # README "Automation": the games, shard and Elo chains
+    "shard_distribution",
+    "ratings_trigger",
+    "ratings_distribution",
+}
 
 
 # ---- the snapshot ---------------------------------------------------------------------

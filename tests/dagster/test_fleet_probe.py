@@ -18,10 +18,11 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors import ephemeral_sync as ephemeral_sync_module
-from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync
+from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync, routine_sync
 from sensors.fleet_probe import fleet_probe
 from sync_assets.demo.pipeline import build_demo_fleet
 from sync_assets.elo.assets import elo_matches
+from sync_assets.elo.collect import ELO_DB
 from sync_assets.fleet.assets import NODE_STATUS, node_status
 from sync_assets.fleet.inventory import Fleet, load_inventory
 from sync_assets.games.assets import games_selfplay
@@ -237,3 +238,35 @@ def test_nothing_asked_twice_while_a_run_is_still_going(env: Env) -> None:
         else {(r.job_name, r.partition_key) for r in again.run_requests}
     )
     assert left == asked - {("collect_games", "gpu-2")}
+
+
+def test_routine_sync_collects_the_other_nodes_at_normal_priority(env: Env) -> None:
+    """Games and matches on nodes that do not vanish are collected too, with no person in
+    the chain: at normal priority, never for an ephemeral node (that is ephemeral_sync's)."""
+    assert env.probe_once().success
+    result = env.tick(routine_sync)
+    assert isinstance(result, dg.SensorResult)
+    requested = {(r.job_name, r.partition_key) for r in result.run_requests}
+    oracle = {
+        (job, n.name)
+        for n in env.fleet.nodes
+        if not n.ephemeral
+        for job, pattern in (("collect_games", "games/*.db"), ("collect_matches", ELO_DB))
+        if any(Path(n.data_root).glob(pattern))
+    }
+    assert requested == oracle and oracle
+    assert all("dagster/priority" not in r.tags for r in result.run_requests)
+    assert {r.run_key for r in result.run_requests} == {
+        r.run_key for r in env.tick(routine_sync).run_requests
+    }  # the same slot: the same keys, which Dagster runs once
+
+    first = next(r for r in result.run_requests if r.job_name == "collect_games")
+    assert env.execute(first, "collect_games").success
+    assert env.probe_once().success
+    after = env.tick(routine_sync)
+    still = (
+        set()
+        if isinstance(after, dg.SkipReason)
+        else {(r.job_name, r.partition_key) for r in after.run_requests}
+    )
+    assert still == requested - {("collect_games", first.partition_key)}
