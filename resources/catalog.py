@@ -1002,6 +1002,15 @@ class Catalog(dg.ConfigurableResource):
 
     # --- end of audit and scrub on rotation ---------------------------------------------
 
+    # --- fleetsync status: recent audit/scrub findings (issue 10 CLI review) ------------
+
+    def recent_check_findings(self, limit: int) -> pd.DataFrame:
+        """The newest `limit` audit/scrub findings, newest first."""
+        query = sa.select(check_findings).order_by(check_findings.c.id.desc()).limit(limit)
+        return self._frame(query)
+
+    # --- end of fleetsync status: recent findings ----------------------------------------
+
     # --- probing the whole fleet (issue 10 item 2) ---------------------------------------
 
     @staticmethod

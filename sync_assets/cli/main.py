@@ -32,6 +32,8 @@ def _print_status(fleet_name: str, status: FleetStatus) -> None:
         print("\nReplicas per kind:\n" + show(status.replicas))
         print("\nNodes:\n" + show(status.nodes))
         print("\nRecent failed runs (newest first):\n" + show(status.recent_failures))
+        print("\nAudit and scrub (last per node):\n" + show(status.node_checks))
+        print("\nRecent audit/scrub findings (newest first):\n" + show(status.recent_findings))
     print(
         f"\nData at risk (no durable copy): {status.bytes_without_durable_copy / 1e6:.1f} MB"
         f"\nBelow policy (fewer durable copies than asked): "
@@ -53,7 +55,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
-    _print_status(*_load_status())
+    from sync_assets.fleet.inventory import InventoryError
+
+    try:
+        loaded = _load_status()
+    except InventoryError as exc:  # as `fleetsync check` says it: one line per problem
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    _print_status(*loaded)
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -27,11 +30,24 @@ class FleetStatus:
     bytes_moved: int  # all verified transfers ever recorded
     # The newest failed runs (`transfer_failures`): node, when (UTC), job, kind, error.
     recent_failures: pd.DataFrame
+    # Per node, when its last audit and scrub ran and what the last one said (`node_checks`).
+    node_checks: pd.DataFrame
+    # The newest audit/scrub findings (`check_findings`): node, when, finding, path, and
+    # where a corrupt file was moved aside.
+    recent_findings: pd.DataFrame
 
 
 RECENT_FAILURES = 10
 FAILURE_COLUMNS = ["node", "when", "job", "kind", "error"]
 ERROR_WIDTH = 100  # characters of an error's first line shown
+# A node in the inventory with no catalog row yet (node discovery and probes not run).
+NEVER_PROBED = "unknown (never probed)"
+NODE_COLUMNS = ["name", "roles", "durable", "ephemeral", "state", "reachable", "disk_free_gb"]
+RECENT_FINDINGS = 10
+NODE_CHECK_COLUMNS = ["node", "last_audited", "last_scrubbed", "scrub_mb", "last_finding"]
+FINDING_COLUMNS = ["node", "when", "finding", "path", "quarantined"]
+# How a scrub's `corrupt` finding names where the file went (sync_assets/engine/scrub.py).
+MOVED_ASIDE = "moved aside to "
 
 
 def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
@@ -66,10 +82,11 @@ def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
     )
     held = pd.Series(catalog.verified_copies_per_node(), name="copies_held", dtype=int)
     node_view = nodes.assign(disk_free_gb=(nodes["disk_free_bytes"] / 1024**3).round(1))[
-        ["name", "roles", "durable", "ephemeral", "state", "reachable", "disk_free_gb"]
+        NODE_COLUMNS
     ]
     node_view = (
-        node_view.merge(held, left_on="name", right_index=True, how="left")
+        pd.concat([node_view, unrecorded_nodes(fleet, set(node_view["name"]))], ignore_index=True)
+        .merge(held, left_on="name", right_index=True, how="left")
         .fillna({"copies_held": 0})
         .astype({"copies_held": int})
     )
@@ -86,7 +103,75 @@ def fleet_status(catalog: Catalog, fleet: Fleet) -> FleetStatus:
         ),
         bytes_moved=catalog.bytes_moved(),
         recent_failures=failures_view(catalog.recent_run_failures(RECENT_FAILURES)),
+        node_checks=node_checks_view(catalog.node_checks().values()),
+        recent_findings=findings_view(catalog.recent_check_findings(RECENT_FINDINGS)),
     )
+
+
+def unrecorded_nodes(fleet: Fleet, recorded: set[str]) -> pd.DataFrame:
+    """Inventory nodes the catalog has no row for, as rows of the nodes table: their
+    roles from the inventory, their state unknown (so a new catalog still lists them)."""
+    rows = [
+        {
+            "name": node.name,
+            "roles": ",".join(node.roles),
+            "durable": node.durable,
+            "ephemeral": node.ephemeral,
+            "state": NEVER_PROBED,
+            "reachable": None,
+            "disk_free_gb": None,
+        }
+        for node in fleet.nodes
+        if node.name not in recorded
+    ]
+    return pd.DataFrame(rows, columns=NODE_COLUMNS, dtype=object)
+
+
+def _utc(seconds: pd.Series) -> pd.Series:
+    """Epoch seconds as UTC to the second; no time (None/NaN) as "never"."""
+    when = pd.to_datetime(seconds, unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return when.fillna("never")
+
+
+def node_checks_view(rows: Iterable[Any]) -> pd.DataFrame:
+    """`node_checks` rows as an operator reads them, by node name: when each node was last
+    audited and scrubbed (UTC), the MB the scrub re-hashed, the last check's one line."""
+    frame = pd.DataFrame(
+        [(r.node, r.audited_at, r.scrubbed_at, r.scrub_bytes, r.last_finding) for r in rows],
+        columns=NODE_CHECK_COLUMNS,
+    )
+    if frame.empty:
+        return frame
+    frame = frame.sort_values("node", ignore_index=True)
+    return frame.assign(
+        last_audited=_utc(frame["last_audited"].astype(float)),
+        last_scrubbed=_utc(frame["last_scrubbed"].astype(float)),
+        scrub_mb=(frame["scrub_mb"].astype(float) / 1e6).round(1),
+        last_finding=frame["last_finding"].fillna("").map(_shortened),
+    )
+
+
+def findings_view(findings: pd.DataFrame) -> pd.DataFrame:
+    """`check_findings` rows as an operator reads them, in the order given: node, when
+    (UTC), what was found (missing, resized, corrupt, rewritten, ...), the path, and
+    where a corrupt file was moved aside ("-" when it was not)."""
+    if findings.empty:
+        return pd.DataFrame(columns=FINDING_COLUMNS)
+    aside = findings["detail"].str.extract(rf"{re.escape(MOVED_ASIDE)}(\S+)\s*$")[0]
+    return pd.DataFrame(
+        {
+            "node": findings["node"],
+            "when": _utc(findings["at"]),
+            "finding": findings["finding"],
+            "path": findings["path"],
+            "quarantined": aside.fillna("-"),
+        }
+    )
+
+
+def _shortened(text: str) -> str:
+    first = text.strip().split("\n")[0]
+    return first if len(first) <= ERROR_WIDTH else first[: ERROR_WIDTH - 1] + "…"
 
 
 def failures_view(failures: pd.DataFrame) -> pd.DataFrame:
@@ -94,19 +179,13 @@ def failures_view(failures: pd.DataFrame) -> pd.DataFrame:
     line each, the error's first line (shortened), the time in UTC to the second."""
     if failures.empty:
         return pd.DataFrame(columns=FAILURE_COLUMNS)
-    when = pd.to_datetime(failures["failed_at"], unit="s", utc=True).dt.strftime(
-        "%Y-%m-%d %H:%M:%S"
-    )
-    first_lines = failures["error"].str.strip().str.split("\n").str[0]
     return pd.DataFrame(
         {
             "node": failures["node"].replace("", "-"),
-            "when": when,
+            "when": _utc(failures["failed_at"]),
             "job": failures["job"],
             "kind": failures["transient"].map(lambda t: "transient" if t else "permanent"),
-            "error": first_lines.map(
-                lambda e: e if len(e) <= ERROR_WIDTH else e[: ERROR_WIDTH - 1] + "…"
-            ),
+            "error": failures["error"].map(_shortened),
         }
     )
 

@@ -49,6 +49,9 @@ NODES_PARTITIONS = "nodes"  # sync_assets.partitions.NODES (not imported: it loa
 # Progress and summary are ours; the per-event log stays in the UI.
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# How long a --url --wait follows its runs before giving up on those not finished (they
+# go on in the deployment): a run queue no dagster-daemon serves never starts them.
+WAIT_TIMEOUT_S = 3600.0
 # Errors Dagster wraps a step's own error in (its `cause`).
 _DAGSTER_WRAPPERS = {"RetryRequestedFromPolicy"}
 
@@ -88,9 +91,12 @@ class SyncResult:
 # ---- pure decisions -----------------------------------------------------------------------
 
 
-def parse_targets(text: str) -> list[str]:
-    """`all`, or `NODE[,NODE...]` (spaces around names ignored, empty items dropped)."""
-    return [name.strip() for name in text.split(",") if name.strip()]
+def parse_targets(given: str | Sequence[str]) -> list[str]:
+    """The node names in `all`, `NODE[,NODE...]`, or a sequence of such items (`--targets a
+    b,c --targets d`), in order: each item split on commas, spaces around names ignored,
+    empty items dropped."""
+    items = [given] if isinstance(given, str) else given
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
 
 
 def resolve_targets(
@@ -111,13 +117,15 @@ def resolve_targets(
     return [name for name in inventory_nodes if name in wanted], []
 
 
-def request_problems(kind: str, priority: str) -> list[str]:
-    """Problems with KIND and priority, one line each."""
+def request_problems(kind: str, priority: str, timeout_s: float = WAIT_TIMEOUT_S) -> list[str]:
+    """Problems with KIND, priority and the wait's timeout, one line each."""
     problems = []
     if kind not in KIND_JOBS:
         problems.append(f"kind: {kind!r} is not one of {', '.join(KIND_JOBS)}")
     if priority not in RUN_PRIORITY:
         problems.append(f"priority: {priority!r} is not one of {', '.join(RUN_PRIORITY)}")
+    if not timeout_s > 0:  # also NaN
+        problems.append(f"timeout: {timeout_s!r} is not a number of seconds above 0")
     return problems
 
 
@@ -136,6 +144,20 @@ def check_failure_line(check: str, description: str | None, details: Mapping[str
         parts.append(text if key == "error" or not text else f"{key}: {text}")
     said = [part for part in parts if part.strip()]
     return one_line(f"check {check} failed" + (": " + "; ".join(said) if said else ""))
+
+
+def unfinished_reason(status: str, waited_s: float) -> str:
+    """Why a target whose run had not ended when the wait timed out fails: its last status,
+    and, for a run never started, the usual cause (no daemon serving the run queue)."""
+    said = f"still {status} after {waited_s:.0f} s"
+    if status in NOT_STARTED:
+        return f"{said}: is a dagster-daemon running?"
+    return f"{said} (the run goes on in the deployment)"
+
+
+def status_line(node: str, run_id: str, status: str) -> str:
+    """Progress while waiting: a run's new status (queued, started, ...)."""
+    return f"node {node}: {status.lower()} (run {run_id})"
 
 
 def target_line(target: TargetResult) -> str:
@@ -291,18 +313,23 @@ def sync(
     wait: bool = True,
     instance: dg.DagsterInstance | None = None,
     on_target: Callable[[TargetResult], None] | None = None,
+    on_status: Callable[[str, str, str], None] | None = None,
     poll_s: float = 1.0,
+    timeout_s: float = WAIT_TIMEOUT_S,
 ) -> SyncResult:
     """Run KIND's job for each target node now, with the inventory at $FLEETSYNC_FLEET:
     in-process on `instance` (default: `DagsterInstance.get()`, i.e. $DAGSTER_HOME), or,
     given `url`, submitted to that running deployment (its webserver) and, with `wait`,
-    followed every `poll_s` seconds until each run ends. In-process runs always finish
-    before this returns.
+    followed every `poll_s` seconds until each run ends, at most `timeout_s` seconds: a
+    run not ended by then fails its target with its last status (it goes on in the
+    deployment). In-process runs always finish before this returns.
 
-    `targets`: node names or `all` (or one string, "all" or "a,b"). `on_target` is called
-    as each target is submitted (`url` only) and as it finishes. Never raises for a refused
-    request or a failed target: the result says which and why."""
-    problems = request_problems(kind, priority)
+    `targets`: node names or `all`, each item possibly "a,b" (or one string, "all" or
+    "a,b"). `on_target` is called as each target is submitted (`url` only) and as it
+    finishes; `on_status(node, run_id, status)` as a followed run's status changes (QUEUED,
+    STARTED, ...) before it ends. Never raises for a refused request or a failed target:
+    the result says which and why."""
+    problems = request_problems(kind, priority, timeout_s)
     address: dict[str, Any] = {}
     if url is not None:
         address, bad_url = client_address(url)
@@ -318,7 +345,7 @@ def sync(
         return SyncResult(kind, problems=tuple(exc.problems))
     inventory_nodes = [n.name for n in fleet.nodes]
     # A bare string is "all" or "a,b", as on the command line, never its characters.
-    requested = parse_targets(targets) if isinstance(targets, str) else list(targets)
+    requested = parse_targets(targets)
     nodes, problems = resolve_targets(requested, inventory_nodes)
     if problems:
         return SyncResult(kind, problems=tuple(problems), usage=True)
@@ -326,7 +353,8 @@ def sync(
     if url is not None:
         deployment = Deployment(url, address)
         request = (kind, nodes, inventory_nodes, priority)
-        return _submit(deployment, *request, wait=wait, on_target=on_target, poll_s=poll_s)
+        follow = Follow(poll_s, timeout_s, on_status) if wait else None
+        return _submit(deployment, *request, follow=follow, on_target=on_target)
     if instance is not None:
         return _run(instance, kind, nodes, fleet_path, inventory_nodes, priority, on_target)
     import dagster as dg
@@ -426,6 +454,8 @@ RUN_EVENTS = """query($id: ID!, $after: String) { logsForRun(runId: $id, afterCu
         ... on PathMetadataEntry { path } ... on MarkdownMetadataEntry { mdStr }
         ... on UrlMetadataEntry { url } } } } } } } }"""
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+# Run statuses of a run not started yet; SUBMITTED: ours, for a run whose status no poll saw.
+NOT_STARTED = frozenset({"SUBMITTED", "QUEUED", "NOT_STARTED", "STARTING"})
 
 
 class DeploymentError(Exception):
@@ -444,14 +474,25 @@ class Deployment:
         self.url = url
         self.client = DagsterGraphQLClient(**address, timeout=60)
 
-    def _query(self, text: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _query(
+        self, text: str, field: str, variables: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The reply's `field`: a typed GraphQL object (`__typename`) as Dagster answers;
+        a server that answers otherwise is not a Dagster webserver (one line, no KeyError)."""
         from dagster_graphql import DagsterGraphQLClientError
 
         try:
-            reply: dict[str, Any] = self.client._execute(text, dict(variables or {}))
+            reply = self.client._execute(text, dict(variables or {}))
         except DagsterGraphQLClientError as exc:
             raise DeploymentError(deployment_error_line(self.url, exc)) from None
-        return reply
+        answer = reply.get(field) if isinstance(reply, dict) else None
+        if not isinstance(answer, dict) or "__typename" not in answer:
+            said = one_line(json.dumps(reply))[:200]
+            raise DeploymentError(
+                f"deployment {self.url}: URL does not answer like a Dagster webserver: "
+                f"no {field} in its reply {said}"
+            )
+        return answer
 
     def _refused(self, what: str, reply: Mapping[str, Any]) -> DeploymentError:
         said = reply.get("message") or reply.get("__typename")
@@ -459,21 +500,22 @@ class Deployment:
 
     def repository(self, job: str) -> dict[str, str]:
         """The selector of the repository that has `job`."""
-        selector, problem = job_repository(self._query(REPOSITORIES)["repositoriesOrError"], job)
+        selector, problem = job_repository(self._query(REPOSITORIES, "repositoriesOrError"), job)
         if problem:
             raise DeploymentError(f"deployment {self.url}: {problem}")
         return selector
 
     def add_missing_partitions(self, repo: Mapping[str, str], job: str, keys: list[str]) -> None:
         """Add the `nodes` partitions among `keys` the deployment does not have yet."""
-        reply = self._query(PARTITION_KEYS, {"job": {**repo, "pipelineName": job}})
-        found = reply["pipelineOrError"]
+        found = self._query(
+            PARTITION_KEYS, "pipelineOrError", {"job": {**repo, "pipelineName": job}}
+        )
         if found["__typename"] != "Pipeline":
             raise self._refused(f"job {job}", found)
         known = set(found["partitionKeysOrError"]["partitionKeys"])
         for key in (k for k in keys if k not in known):
             variables = {"repo": dict(repo), "name": NODES_PARTITIONS, "key": key}
-            added = self._query(ADD_PARTITION, variables)["addDynamicPartition"]
+            added = self._query(ADD_PARTITION, "addDynamicPartition", variables)
             if added["__typename"] not in ("AddDynamicPartitionSuccess",
                                            "DuplicateDynamicPartitionError"):  # fmt: skip
                 raise self._refused(f"adding node partition {key}", added)
@@ -489,7 +531,7 @@ class Deployment:
             raise DeploymentError(deployment_error_line(self.url, exc)) from None
 
     def statuses(self, run_ids: list[str]) -> dict[str, str]:
-        runs = self._query(RUN_STATUSES, {"ids": run_ids})["runsOrError"]
+        runs = self._query(RUN_STATUSES, "runsOrError", {"ids": run_ids})
         if runs["__typename"] != "Runs":
             raise self._refused("run status", runs)
         return {run["runId"]: run["status"] for run in runs["results"]}
@@ -499,13 +541,23 @@ class Deployment:
         events: list[dict[str, Any]] = []
         cursor = None
         while True:
-            page = self._query(RUN_EVENTS, {"id": run_id, "after": cursor})["logsForRun"]
+            page = self._query(RUN_EVENTS, "logsForRun", {"id": run_id, "after": cursor})
             if page["__typename"] != "EventConnection":
                 raise self._refused(f"events of run {run_id}", page)
             events += page["events"]
             if not page["hasMore"]:
                 return events
             cursor = page["cursor"]
+
+
+@dataclass(frozen=True)
+class Follow:
+    """How submitted runs are waited for: polled every `poll_s`, given up after
+    `timeout_s`, each status change told to `on_status(node, run_id, status)`."""
+
+    poll_s: float
+    timeout_s: float
+    on_status: Callable[[str, str, str], None] | None = None
 
 
 def _submit(
@@ -515,12 +567,12 @@ def _submit(
     inventory_nodes: list[str],
     priority: str,
     *,
-    wait: bool,
+    follow: Follow | None,
     on_target: Callable[[TargetResult], None] | None,
-    poll_s: float,
 ) -> SyncResult:
-    """Add the missing node partitions, submit one run per target, then (with `wait`)
-    poll the runs' status until each has ended and read its outcome from its events."""
+    """Add the missing node partitions, submit one run per target, then (with `follow`)
+    poll the runs' status until each has ended, or the timeout, and read each ended run's
+    outcome from its events."""
     job = KIND_JOBS[kind]
     try:
         repo = deployment.repository(job)
@@ -543,8 +595,29 @@ def _submit(
             continue
         running[node] = run_id
         done(TargetResult(node, True, run_id=run_id, submitted=True))
-    while wait and running:
-        time.sleep(poll_s)
+    if follow is not None:
+        _follow(deployment, running, follow, done)
+    return SyncResult(kind, tuple(results[node] for node in nodes))
+
+
+def _follow(
+    deployment: Deployment,
+    running: dict[str, str],
+    follow: Follow,
+    done: Callable[[TargetResult], None],
+) -> None:
+    """Poll the `running` runs (node → run id) until each has ended (`done` with its
+    outcome) or `follow.timeout_s` has passed (`done` with its last status)."""
+    started = time.monotonic()
+    seen: dict[str, str] = {}  # node → last status told
+    while running:
+        waited = time.monotonic() - started
+        if waited >= follow.timeout_s:
+            for node, run_id in running.items():
+                status = seen.get(node, "SUBMITTED")
+                done(TargetResult(node, False, unfinished_reason(status, waited), run_id))
+            return
+        time.sleep(min(follow.poll_s, follow.timeout_s - waited))
         try:
             statuses = deployment.statuses(list(running.values()))
             ended = {n: r for n, r in running.items() if statuses.get(r) in FINISHED}
@@ -554,10 +627,15 @@ def _submit(
         except DeploymentError as exc:  # the deployment went away: say so for every run left
             for node, run_id in running.items():
                 done(TargetResult(node, False, f"lost track of run {run_id}: {exc}", run_id))
-            break
+            return
+        for node, run_id in running.items():
+            now = statuses.get(run_id)
+            if now is not None and node not in ended and seen.get(node) != now:
+                seen[node] = now
+                if follow.on_status is not None:
+                    follow.on_status(node, run_id, now)
         for node, outcome in outcomes.items():
             done(target_result(node, running.pop(node), outcome))
-    return SyncResult(kind, tuple(results[node] for node in nodes))
 
 
 def _own_error(error: SerializableErrorInfo | None) -> str:
@@ -586,11 +664,18 @@ def add_sync_parser(
         description="Run KIND's node-partitioned job for each target, in-process on the "
         "local Dagster instance, or submitted to a running deployment (--url). Exit 0 if "
         "every target synced (or, with --url and no --wait, every run was submitted), 1 "
-        "naming each failed target (a failed run or a failed asset check) and why, or when "
+        "naming each failed target (a failed run or asset check, or a run not ended within "
+        "--timeout) and why, or when "
         "the deployment cannot be reached or lacks the job, 2 for a bad request.",
     )
     parser.add_argument("kind", help=", ".join(f"{k} ({j})" for k, j in KIND_JOBS.items()))
-    parser.add_argument("--targets", default=ALL, help="all (default) or NODE[,NODE...]")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        action="extend",  # `--targets a b --targets c,d`: every node named, none dropped
+        metavar="NODE",
+        help="all (default), or nodes: space- or comma-separated, the flag repeatable",
+    )
     parser.add_argument("--priority", default="normal", help="high or normal (default)")
     parser.add_argument(
         "--url", help="a running deployment's webserver, e.g. http://dagster:3000: submit there"
@@ -599,6 +684,14 @@ def add_sync_parser(
         "--wait",
         action="store_true",
         help="with --url: wait for every run and report how it ended (in-process: always)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=WAIT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"with --url --wait: give up on runs not ended after this long, naming each "
+        f"with its status (default {WAIT_TIMEOUT_S:.0f})",
     )
     parser.set_defaults(func=cmd_sync)
     return parser
@@ -611,10 +704,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
     def progress(target: TargetResult) -> None:
         print(target_line(target), flush=True)
 
-    targets = parse_targets(args.targets)
+    def status(node: str, run_id: str, status: str) -> None:
+        print(status_line(node, run_id, status), flush=True)
+
+    targets = parse_targets(args.targets or [ALL])
     try:
         result = sync(args.kind, targets, args.priority, url=args.url, wait=args.wait,
-                      on_target=progress)  # fmt: skip
+                      on_target=progress, on_status=status, timeout_s=args.timeout)  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted" + (": submitted runs go on in the deployment" if args.url else ""),
               file=sys.stderr)  # fmt: skip

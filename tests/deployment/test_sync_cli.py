@@ -183,3 +183,35 @@ def test_sync_status_with_a_node_data_root_gone_exits_1_naming_it_and_its_failed
     assert f"sync status: {ok} of {len(fleet.nodes)} target(s) ok" in done.stderr
     assert f"failed: {broken}\n" in done.stderr
     assert f"  {failed}" in done.stderr
+
+
+def test_sync_url_to_a_graphql_server_that_is_not_dagster_is_one_line(demo_env):
+    import http.server
+    import json
+    import threading
+
+    class OtherGraphQL(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = json.dumps({"data": {"hello": "world"}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), OtherGraphQL)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        argv = [FLEETSYNC, "sync", "games", "--url", url, "--wait"]
+        done = subprocess.run(argv, env=demo_env, capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"deployment {url}: URL does not answer like a Dagster webserver: no "
+        'repositoriesOrError in its reply {"hello": "world"}'
+    ]

@@ -68,10 +68,22 @@ def serving(client: DagsterGraphQLClient, job: str) -> bool:
 
 @pytest.fixture
 def webserver(tmp_path: Path) -> Iterator[Webserver]:
+    yield from serve(tmp_path, LAUNCH_AT_ONCE)
+
+
+@pytest.fixture
+def queueing_webserver(tmp_path: Path) -> Iterator[Webserver]:
+    """The project's own run queue (QueuedRunCoordinator) and no dagster-daemon: submitted
+    runs stay QUEUED."""
+    yield from serve(tmp_path, "")
+
+
+def serve(tmp_path: Path, extra_config: str) -> Iterator[Webserver]:
+    """A webserver on the project's dagster.yaml plus `extra_config`, up until closed."""
     home = tmp_path / "home"
     home.mkdir()
     config = (REPO / "dagster_home" / "dagster.yaml").read_text()
-    (home / "dagster.yaml").write_text(config + LAUNCH_AT_ONCE)
+    (home / "dagster.yaml").write_text(config + extra_config)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(yaml.safe_dump(WORKSPACE))
     fleet_file = build_demo_fleet(tmp_path / "demo", 4, 20)
@@ -189,3 +201,26 @@ def test_sync_url_runs_each_target_on_the_deployment_and_names_each_failure(
     assert problem.startswith(f"deployment {web.url}/not-dagster: 405 ")
     assert "\n" not in problem and exit_code(result) == EXIT_FAILED
     assert len(finished_runs(web.home, 0)) == runs_before
+
+
+def test_sync_url_wait_gives_up_on_runs_no_daemon_starts_naming_each(
+    queueing_webserver: Webserver,
+) -> None:
+    web = queueing_webserver
+    done = fleetsync(web, "status", "--targets", "coord-1", "gpu-1", "--wait", "--timeout", "8")
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr[-3000:]
+    nodes = ["coord-1", "gpu-1"]
+    lines = done.stdout.splitlines()
+    assert [line.split(" (run ")[0] for line in lines[:4]] == [
+        *(f"node {n}: submitted" for n in nodes),
+        *(f"node {n}: queued" for n in nodes),
+    ]
+    assert done.stderr.splitlines()[:2] == ["sync status: 0 of 2 target(s) ok",
+                                            "failed: coord-1, gpu-1"]  # fmt: skip
+    for node in nodes:
+        assert (
+            f"  node {node}: FAILED: still QUEUED after 8 s: is a dagster-daemon running?"
+            in done.stderr.splitlines()
+        )
+    with dg.DagsterInstance.from_config(str(web.home)) as instance:
+        assert {r.status for r in instance.get_runs()} == {dg.DagsterRunStatus.QUEUED}

@@ -146,3 +146,40 @@ def test_a_failed_check_line_is_one_line_with_every_non_empty_detail(check, desc
         assert " ".join(description.split()) in line
         said = True
     assert (line == f"check {check} failed") == (not said)
+
+
+# `--targets all|NODE...` (CONTRACT): space-separated, comma lists and a repeated flag, all
+# merged in order; none of them silently drops a node.
+def parsed_targets(*argv: str) -> list[str]:
+    from sync_assets.cli.main import build_parser
+
+    args = build_parser().parse_args(["sync", "games", *argv])
+    return parse_targets(args.targets or ["all"])
+
+
+def test_targets_space_separated_comma_lists_and_repeated_flags_all_count():
+    assert parsed_targets() == ["all"]
+    assert parsed_targets("--targets", "gpu-1", "gpu-2") == ["gpu-1", "gpu-2"]
+    assert parsed_targets("--targets", "gpu-1", "--targets", "gpu-2") == ["gpu-1", "gpu-2"]
+    assert parsed_targets("--targets", "a,b", "c", "--targets", "d", "--priority", "high") == [
+        "a", "b", "c", "d"
+    ]  # fmt: skip
+
+
+@given(st.lists(st.lists(st.text("ab-1 ,", min_size=1, max_size=6), min_size=1, max_size=3),
+                min_size=1, max_size=3))  # fmt: skip
+def test_every_name_given_to_targets_is_kept_in_order(flags):
+    argv = [arg for values in flags for arg in ("--targets", *values)]
+    if any(value.startswith("-") for values in flags for value in values):
+        return  # argparse reads those as options, not names
+    oracle = []  # independently: every comma-separated piece of every value, stripped
+    for values in flags:
+        for value in values:
+            oracle += [piece.strip() for piece in value.split(",") if piece.strip()]
+    # Only names: given but blank (`--targets ,`) is nothing, refused by resolve_targets.
+    assert parsed_targets(*argv) == oracle
+
+
+def test_parse_targets_takes_a_sequence_of_items_as_sync_does():
+    assert parse_targets(["all"]) == ["all"]
+    assert parse_targets(["a, b", "", "c"]) == ["a", "b", "c"]
