@@ -30,18 +30,13 @@ import dagster as dg
 
 from resources.catalog import Catalog
 from sensors._common import Tick, fleet_sensor, partitions_in_flight, sensor_interval
-from sync_assets.elo.assets import MATCHES
 from sync_assets.elo.collect import ELO_DB
 from sync_assets.engine.freshness import is_fresh, seen_fingerprint
 from sync_assets.fleet.inventory import Fleet
-from sync_assets.games.assets import SELFPLAY
 from sync_assets.games.collect import GAME_DB_RE
+from sync_assets.jobs import COLLECT_GAMES, COLLECT_MATCHES
 from sync_assets.partitions import NODES
 
-# The two collection jobs, declared here so the sensor can target them; the code location
-# registers these same objects (sync_assets/definitions.py).
-COLLECT_GAMES = dg.define_asset_job("collect_games", selection=[SELFPLAY])
-COLLECT_MATCHES = dg.define_asset_job("collect_matches", selection=[MATCHES])
 URGENT_TAGS = {"dagster/priority": "10", "fleetsync/urgent": "ephemeral_sync"}
 ROUTINE_TAGS = {"fleetsync/routine": "routine_sync"}
 INTERVAL_S = 60

@@ -25,6 +25,7 @@ from sync_assets.engine.replication import unavailable_nodes
 from sync_assets.engine.scrub import nodes_to_check
 from sync_assets.fleet.checks import audit_run_config
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import AUDIT_FLEET
 
 AUDIT_NODES_PER_RUN = 8  # K: with 100 nodes, each is listed every ~13 ticks
 SCRUB_NODES_PER_RUN = 2
@@ -46,12 +47,12 @@ def checkable(
 @fleet_sensor(
     "fleet_audit",
     60,
-    job_name="audit_fleet",
+    job_name=AUDIT_FLEET.name,
     default_status=dg.DefaultSensorStatus.RUNNING,  # lists, hashes, moves corrupt files aside
 )
 def fleet_audit(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
     running = context.instance.get_run_records(
-        dg.RunsFilter(job_name="audit_fleet", statuses=IN_FLIGHT), limit=1
+        dg.RunsFilter(job_name=AUDIT_FLEET.name, statuses=IN_FLIGHT), limit=1
     )
     if running:
         return dg.SkipReason(f"audit_fleet run {running[0].dagster_run.run_id} is not done yet")

@@ -14,9 +14,10 @@ import dagster as dg
 from resources.catalog import Catalog
 from sensors._common import IN_FLIGHT, Tick, fleet_sensor
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import PROBE_NODES
 from sync_assets.partitions import NODES
 
-JOB = "probe_nodes"
+JOB = PROBE_NODES.name
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 

@@ -27,9 +27,10 @@ from sensors._common import (
 )
 from sync_assets.engine.replication import counted_durable_nodes
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import MERGE_GAMES
 from sync_assets.kinds import GAMES_CANONICAL
 
-JOB = "merge_games"
+JOB = MERGE_GAMES.name
 
 
 def merge_run_keys(

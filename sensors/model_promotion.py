@@ -10,9 +10,10 @@ from resources.catalog import Catalog
 from sensors._common import Tick, fleet_sensor
 from sensors.fan_out import Current, fan_out
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import MODELS_TO_NODES
 from sync_assets.models.publish import PROMOTED_ALIAS, canonical_model_path
 
-JOB = "models_to_nodes"
+JOB = MODELS_TO_NODES.name
 
 
 @fleet_sensor("model_promotion", 30, job_name=JOB, default_status=dg.DefaultSensorStatus.RUNNING)

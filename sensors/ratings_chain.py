@@ -32,10 +32,11 @@ from sensors.fan_out import Current, fan_out
 from sync_assets.elo.publish import RATINGS_ALIAS, RATINGS_DB
 from sync_assets.engine.replication import counted_durable_nodes
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import RATE_MODELS, RATINGS_TO_NODES
 from sync_assets.kinds import ELO_SNAPSHOT
 
-RATE_JOB = "rate_models"
-DISTRIBUTE_JOB = "ratings_to_nodes"
+RATE_JOB = RATE_MODELS.name
+DISTRIBUTE_JOB = RATINGS_TO_NODES.name
 
 
 def ratings_run_key(config: str, version: str) -> str:

@@ -31,7 +31,8 @@ from sync_assets.engine.placement import (
 )
 from sync_assets.engine.replication import counted_durable_nodes, node_names, unavailable_nodes
 from sync_assets.fleet.inventory import Fleet
-from sync_assets.fleet.repair import REPAIR_PATHS, repair_replicas, repair_run_config
+from sync_assets.fleet.repair import REPAIR_PATHS, repair_run_config
+from sync_assets.jobs import REPAIR_REPLICAS
 from sync_assets.kinds import min_replicas_by_kind
 
 RUNS_PER_TICK = 10  # K
@@ -120,7 +121,7 @@ def run_key(batch: list[Deficit], bucket: int) -> str:
 def _in_flight(instance: dg.DagsterInstance) -> frozenset[str]:
     """Artifacts named by repair runs not finished yet (at most RUNS_PER_TICK × a few)."""
     runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=repair_replicas.name, statuses=IN_FLIGHT),
+        filters=dg.RunsFilter(job_name=REPAIR_REPLICAS.name, statuses=IN_FLIGHT),
         limit=RUNS_PER_TICK * 10,
     )
     shas: set[str] = set()
@@ -161,7 +162,7 @@ def _deficits(fleet: Fleet, catalog: Catalog) -> list[Deficit]:
 @fleet_sensor(
     "replication_deficit",
     30,  # a lost node's last copies: the first repair within a minute of the loss
-    job_name="repair_replicas",
+    job_name=REPAIR_REPLICAS.name,
     default_status=dg.DefaultSensorStatus.RUNNING,  # it only copies and verifies
 )
 def replication_deficit(

@@ -12,10 +12,11 @@ from resources.catalog import Catalog
 from sensors._common import Tick, fleet_sensor
 from sensors.fan_out import Current, fan_out
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import NPZ_TO_NODES
 from sync_assets.kinds import NPZ
 from sync_assets.training.shards import node_shard_path
 
-JOB = "npz_to_nodes"
+JOB = NPZ_TO_NODES.name
 
 
 @fleet_sensor("shard_distribution", 60, job_name=JOB, default_status=dg.DefaultSensorStatus.RUNNING)

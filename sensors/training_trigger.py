@@ -12,6 +12,7 @@ import pandas as pd
 from resources.catalog import Catalog
 from sensors._common import IN_PROCESS, VERSION_TAG, Tick, fleet_sensor, version_run_key
 from sync_assets.fleet.inventory import Fleet
+from sync_assets.jobs import EXPORT_NPZ
 from sync_assets.kinds import GAMES_CANONICAL, NPZ
 
 NPZ_ALIAS = NPZ.alias
@@ -39,7 +40,7 @@ def configs_due(
 @fleet_sensor(
     "training_trigger",
     120,
-    job_name="export_npz",
+    job_name=EXPORT_NPZ.name,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def training_trigger(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:

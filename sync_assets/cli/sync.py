@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     import dagster as dg
     from dagster_shared.error import SerializableErrorInfo
 
-# KIND → the one-asset job over that node-partitioned asset (sync_assets/definitions.py).
+# KIND → the one-asset job over that node-partitioned asset (sync_assets/jobs.py; named
+# here, not imported: the command line starts without loading Dagster).
 KIND_JOBS = {
     "games": "collect_games",  # games/selfplay
     "elo": "collect_matches",  # elo/matches

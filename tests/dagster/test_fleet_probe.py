@@ -18,7 +18,7 @@ from resources.catalog import Catalog
 from resources.inventory import FleetInventory
 from resources.transport import Transports
 from sensors import ephemeral_sync as ephemeral_sync_module
-from sensors.ephemeral_sync import COLLECT_GAMES, COLLECT_MATCHES, ephemeral_sync, routine_sync
+from sensors.ephemeral_sync import ephemeral_sync, routine_sync
 from sensors.fleet_probe import fleet_probe
 from sync_assets.demo.pipeline import build_demo_fleet
 from sync_assets.elo.assets import elo_matches
@@ -26,6 +26,7 @@ from sync_assets.elo.collect import ELO_DB
 from sync_assets.fleet.assets import NODE_STATUS, node_status
 from sync_assets.fleet.inventory import Fleet, load_inventory
 from sync_assets.games.assets import games_selfplay
+from sync_assets.jobs import COLLECT_GAMES, COLLECT_MATCHES
 from sync_assets.partitions import NODES
 
 PROBE_JOB = dg.define_asset_job("probe_nodes", selection=[node_status])
