@@ -176,8 +176,9 @@ def fan_out(fleet: Fleet, targets: list[str], sha: str, size: int, work: Path, l
     every target's bytes are hashed here afterwards."""
     for name in targets:
         shutil.rmtree(Path(fleet.node(name).data_root) / "models", ignore_errors=True)
-    db = work / f"catalog-{label}.db"
-    db.unlink(missing_ok=True)
+    db = work / f"catalog-{label}.db"  # a new URL per run: engines are cached per URL
+    if db.exists():
+        raise RuntimeError(f"{label}: a catalog for this run exists already")
     catalog = Catalog(url=f"sqlite:///{db}")
     catalog.sync_nodes(fleet.nodes)
     catalog.add_artifact(sha, kind="model", config="hex8_2p", name=MODEL, size=size,
@@ -257,13 +258,13 @@ def measure(fleet: Fleet, targets: list[str], mib: float, reps: int, work: Path)
         TREE: fleet,
         TREE_1: with_per_source(fleet, 1),
     }
-    single = fan_out(fleet, targets[:1], sha, size, work, "single").seconds
+    single = fan_out(fleet, targets[:1], sha, size, work, f"{mib:g}-single").seconds
     print(f"{mib:g} MiB: one copy over one link {single:.2f} s", flush=True)
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
     for rep in range(reps):
         order = list(contenders)[rep % 3 :] + list(contenders)[: rep % 3]  # rotated
         for name in order:
-            r = fan_out(contenders[name], targets, sha, size, work, f"{name}-{rep}")
+            r = fan_out(contenders[name], targets, sha, size, work, f"{mib:g}-{name}-{rep}")
             runs[name].append(r)
             print(f"{mib:g} MiB rep {rep} {name}: {r.seconds:.2f} s, depth {r.depth}, "
                   f"{r.most_at_once} copies at once", flush=True)  # fmt: skip
