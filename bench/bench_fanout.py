@@ -30,9 +30,10 @@ targets; per-copy fixed costs (an SSH login and an rsync start per pull, hashing
 fsync at the target, the catalog) come on top, once per tree level. Floor: tree ÷ star
 ≤ 0.35 (ratio of medians) for the first `--mib`: 20 MiB, the small end of the fleet's
 models (DATA.md: 15-200 MB), at 20 Mbit/s (the star takes ~2.5 min); other sizes are
-context (at 5 MiB the fixed costs per copy weigh more than the bytes). Exits 1 above the floor. Every target's file is
-hashed here after each run; a wrong or missing one fails the run. Namespaces, the bridge
-and the sshd processes are removed on exit, also on failure (finally, atexit, SIGTERM).
+context (at 5 MiB the fixed costs per copy weigh more than the bytes). Exits 1 above
+the floor. Every target's file is hashed here after each run; a wrong or missing one
+fails the run. Namespaces, the bridge and the sshd processes are removed on exit, also
+on failure (finally, atexit, SIGTERM).
 A full run rewrites the "## Model fan-out" section of docs/BENCHMARKS.md.
 """
 
