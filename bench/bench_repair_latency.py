@@ -1,11 +1,11 @@
 """Repair latency under a real dagster-daemon: from a node declared lost to its repair.
 
-    python bench/bench_repair_latency.py [--interval 60] [--reps 3] [--lost-after 5] [--dir D]
+    python bench/bench_repair_latency.py [--interval 30] [--reps 3] [--lost-after 5] [--dir D]
 
 Each rep builds the local demo fleet of tests/deployment/daemon.py (three durable nodes,
 games collected: every snapshot on two of them), starts `dagster-daemon run` on a fresh
 instance with `replication_deficit` ticking every `--interval` s (its production interval
-is 60 s; the other sensors are stopped so that only the repair path is timed), waits for
+is 30 s; the other sensors are stopped so that only the repair path is timed), waits for
 the sensor's first tick plus a random part of an interval (a node dies at any phase of the
 tick), then the durable node holding the most copies vanishes (its data root is moved
 away) and is probed twice, `--lost-after` s apart: the second miss declares it lost (a
@@ -111,7 +111,7 @@ def one_rep(root: Path, interval_s: int, lost_after_s: float, rng: random.Random
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--interval", type=int, default=60, help="replication_deficit tick, s")
+    parser.add_argument("--interval", type=int, default=30, help="replication_deficit tick, s")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--lost-after", type=float, default=5.0, help="policy.lost_after_s")
     parser.add_argument("--dir", type=Path, default=None)
