@@ -31,7 +31,7 @@ dev: demo
 test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache --no-logo
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 bench: venv system-deps
 	@# Every benchmark runs; the target fails at the end if any missed its floor.
