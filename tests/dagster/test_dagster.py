@@ -56,9 +56,18 @@ def test_definitions_validate(tmp_path):
     fleet_file = build_demo_fleet(tmp_path / "fleet", node_count=4, games_per_node=10)
     env = {**os.environ, "FLEETSYNC_FLEET": str(fleet_file), "DAGSTER_HOME": str(tmp_path)}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
-         "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            str(REPO / "workspace.yaml"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -134,7 +143,10 @@ def test_new_games_on_an_ephemeral_node_reach_canonical(fleet_env):
     gpu = next(n for n in fleet.nodes if n.ephemeral)
     generate_game_db(
         Path(gpu.data_root) / "games" / f"tournament_{config}.db",
-        configs=[config], n_games=25, seed=999, incomplete_fraction=0.0,
+        configs=[config],
+        n_games=25,
+        seed=999,
+        incomplete_fraction=0.0,
     )
     snaps_before = len(catalog.artifacts_frame([SNAPSHOT_KIND]))
     run_pass(fleet, resources, instance)

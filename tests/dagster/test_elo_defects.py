@@ -457,8 +457,14 @@ def _harness_db(path: Path, rows: list[dict], when: Any) -> Path:
             " game_id, board_type, num_players, game_length, timestamp)"
             " VALUES (?, ?, ?, NULL, 'w1', ?, 'hex8', 2, ?, ?)",
             # The harness writes UUIDs in upper case: the same identity all the same.
-            (a, b, seat, r["id"].upper() if _UUID_TEXT.match(r["id"]) else r["id"],
-             r["game_length"], when(r["timestamp"])),
+            (
+                a,
+                b,
+                seat,
+                r["id"].upper() if _UUID_TEXT.match(r["id"]) else r["id"],
+                r["game_length"],
+                when(r["timestamp"]),
+            ),
         )
     con.commit()
     con.close()

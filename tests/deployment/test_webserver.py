@@ -61,9 +61,20 @@ def demo_home(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     env.pop("FLEETSYNC_CATALOG_URL", None)
     done = subprocess.run(
-        [str(BIN / "fleetsync"), "demo", "--dir", str(tmp_path / "demo"), "--nodes", "4",
-         "--games", "40"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "fleetsync"),
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--nodes",
+            "4",
+            "--games",
+            "40",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Data at risk (no durable copy): 0.0 MB" in done.stdout
@@ -74,9 +85,19 @@ def demo_home(tmp_path):
 def test_webserver_shows_demo_runs_and_assets(demo_home):
     port = free_port()
     server = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"),
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=demo_home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=demo_home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
@@ -96,8 +117,11 @@ def test_webserver_shows_demo_runs_and_assets(demo_home):
         assert by_job.keys() >= {"probe_nodes", "collect_games", "merge_games"}
         assert all(statuses == {"SUCCESS"} for statuses in by_job.values()), by_job
         partitions = {
-            t["value"] for r in runs if r["jobName"] == "collect_games"
-            for t in r["tags"] if t["key"] == "dagster/partition"
+            t["value"]
+            for r in runs
+            if r["jobName"] == "collect_games"
+            for t in r["tags"]
+            if t["key"] == "dagster/partition"
         }
         assert partitions == {"coord-1", "store-1", "train-1", "gpu-1"}
         keys = {"/".join(a["assetKey"]["path"]) for a in graphql(port, ASSETS_QUERY)["assetNodes"]}

@@ -225,8 +225,14 @@ def test_collision_copies_get_fingerprint_ids(fleet: FleetSeed, tmp_path: Path) 
 
 def test_third_copy_of_a_colliding_game_is_a_duplicate(tmp_path: Path) -> None:
     """`{id}~{fp}` is deterministic: the second game seen again, anywhere, adds nothing."""
-    first = make_specs(configs=["hex8_2p"], n_games=40, seed=1, id_style="gpu_mcts",
-                       incomplete_fraction=0, id_epoch=1_750_000_000)
+    first = make_specs(
+        configs=["hex8_2p"],
+        n_games=40,
+        seed=1,
+        id_style="gpu_mcts",
+        incomplete_fraction=0,
+        id_epoch=1_750_000_000,
+    )
     second = [s._replace(seed=s.seed + 1) for s in first]
     dbs = [
         write_game_db(tmp_path / "n1.db", first),
@@ -240,9 +246,10 @@ def test_third_copy_of_a_colliding_game_is_a_duplicate(tmp_path: Path) -> None:
     # Another order: the same two games per id, whichever keeps the plain id.
     again = merge_snapshots(tmp_path / "c2.db", "hex8_2p", [snaps[2], snaps[0], snaps[1]])
     assert again["totals"]["added"] == 80 and again["totals"]["duplicates"] == 40
-    assert canonical_state(tmp_path / "c1.db")["contents"] == canonical_state(
-        tmp_path / "c2.db"
-    )["contents"]
+    assert (
+        canonical_state(tmp_path / "c1.db")["contents"]
+        == canonical_state(tmp_path / "c2.db")["contents"]
+    )
 
 
 def test_any_fingerprinted_move_field_makes_a_different_game(tmp_path: Path) -> None:
@@ -344,9 +351,9 @@ def test_second_merge_adds_nothing(fleet: FleetSeed, tmp_path: Path) -> None:
     before = canonical_state(canonical)
     second = merge_snapshots(canonical, "hex8_2p", fleet.snapshots())
     assert second["totals"]["added"] == 0 and second["totals"]["collisions_kept"] == 0
-    assert second["totals"]["duplicates"] == first["totals"]["added"] + first["totals"][
-        "duplicates"
-    ]
+    assert (
+        second["totals"]["duplicates"] == first["totals"]["added"] + first["totals"]["duplicates"]
+    )
     assert not second["created"] and first["created"]
     assert canonical_state(canonical) == before
 
@@ -443,7 +450,8 @@ def test_synth_is_deterministic(tmp_path: Path) -> None:
     dumps = []
     for name in ("x.db", "y.db"):
         db = write_game_db(
-            tmp_path / name, make_specs(configs=CONFIGS, n_games=30, seed=5),
+            tmp_path / name,
+            make_specs(configs=CONFIGS, n_games=30, seed=5),
             omit_columns=OLD_SCHEMA_OMIT,
         )
         con = sqlite3.connect(db.path)

@@ -42,11 +42,13 @@ def test_first_model_is_promoted_and_same_model_is_not():
 
 def test_configs_due_counts_games_since_the_last_export():
     merges = pd.DataFrame(
-        {"config": ["a", "a", "a", "b"], "merged_at": [1.0, 5.0, 9.0, 2.0],
-         "added": [100, 30, 30, 49]}
+        {
+            "config": ["a", "a", "a", "b"],
+            "merged_at": [1.0, 5.0, 9.0, 2.0],
+            "added": [100, 30, 30, 49],
+        }
     )
-    aliases = pd.DataFrame({"kind": ["npz"], "config": ["a"], "sha256": ["x"],
-                            "updated_at": [4.0]})
+    aliases = pd.DataFrame({"kind": ["npz"], "config": ["a"], "sha256": ["x"], "updated_at": [4.0]})
     assert configs_due(merges, aliases, ["a", "b", "c"], 50) == {"a": 60}
     assert configs_due(merges, aliases, ["a", "b"], 49) == {"a": 60, "b": 49}
 
@@ -54,15 +56,29 @@ def test_configs_due_counts_games_since_the_last_export():
 def test_model_pushes_fan_out_with_the_holders():
     sha = "s" * 64
     reps = pd.DataFrame(
-        {"sha256": [sha], "node": ["store-1"], "path": ["models/canonical_a.pth"],
-         "state": ["verified"]}
+        {
+            "sha256": [sha],
+            "node": ["store-1"],
+            "path": ["models/canonical_a.pth"],
+            "state": ["verified"],
+        }
     )
     gpus = [f"gpu-{i}" for i in range(10)]
     model = [Current("a", sha, "models/canonical_a.pth")]
     first = nodes_to_serve(model, reps, gpus, per_source=2)
     assert list(first) == ["gpu-0", "gpu-1"]  # one holder × 2
-    reps = pd.concat([reps, pd.DataFrame(
-        {"sha256": [sha] * 2, "node": ["gpu-0", "gpu-1"],
-         "path": ["models/canonical_a.pth"] * 2, "state": ["verified"] * 2})])
+    reps = pd.concat(
+        [
+            reps,
+            pd.DataFrame(
+                {
+                    "sha256": [sha] * 2,
+                    "node": ["gpu-0", "gpu-1"],
+                    "path": ["models/canonical_a.pth"] * 2,
+                    "state": ["verified"] * 2,
+                }
+            ),
+        ]
+    )
     second = nodes_to_serve(model, reps, gpus, per_source=2)
     assert list(second) == [f"gpu-{i}" for i in range(2, 8)]  # 3 holders × 2
