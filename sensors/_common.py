@@ -105,6 +105,14 @@ def version_run_key(context: dg.SensorEvaluationContext, version_key: str, now: 
     return latest.tags.get("dagster/run_key", version_key)
 
 
+def run_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> str | None:
+    """The id of a run of `job_name` queued or running, or None (one bounded query)."""
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1
+    )
+    return records[0].dagster_run.run_id if records else None
+
+
 def partitions_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> set[str]:
     """Partitions of `job_name` with a run queued or running (Dagster's run storage, one
     bounded query): a chain waits for it instead of queueing a second run behind it."""

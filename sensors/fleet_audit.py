@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from resources.catalog import Catalog, NodeState
-from sensors._common import IN_FLIGHT, Tick, fleet_sensor, sensor_interval
+from sensors._common import Tick, fleet_sensor, run_in_flight, sensor_interval
 from sync_assets.engine.replication import unavailable_nodes
 from sync_assets.engine.scrub import nodes_to_check
 from sync_assets.fleet.checks import audit_run_config
@@ -51,11 +51,8 @@ def checkable(
     default_status=dg.DefaultSensorStatus.RUNNING,  # lists, hashes, moves corrupt files aside
 )
 def fleet_audit(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Catalog) -> Tick:
-    running = context.instance.get_run_records(
-        dg.RunsFilter(job_name=AUDIT_FLEET.name, statuses=IN_FLIGHT), limit=1
-    )
-    if running:
-        return dg.SkipReason(f"audit_fleet run {running[0].dagster_run.run_id} is not done yet")
+    if running := run_in_flight(context, AUDIT_FLEET.name):
+        return dg.SkipReason(f"audit_fleet run {running} is not done yet")
     states = {name: state for name, (state, _) in catalog.node_lifecycle().items()}
     eligible = checkable([n.name for n in fleet.nodes], states, unavailable_nodes(catalog))
     checks = catalog.node_checks()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from resources.catalog import Catalog
-from sensors._common import IN_FLIGHT, Tick, fleet_sensor
+from sensors._common import Tick, fleet_sensor, run_in_flight
 from sync_assets.fleet.inventory import Fleet
 from sync_assets.jobs import PROBE_NODES
 from sync_assets.partitions import NODES
@@ -35,9 +35,6 @@ def fleet_probe(context: dg.SensorEvaluationContext, fleet: Fleet, catalog: Cata
     partitions = context.instance.get_dynamic_partitions(NODES)
     if not partitions:
         return dg.SkipReason("no node partitions yet (node_discovery adds them)")
-    going = context.instance.get_run_records(
-        dg.RunsFilter(job_name=JOB, statuses=IN_FLIGHT), limit=1
-    )
-    if going:
-        return dg.SkipReason(f"probe run {going[0].dagster_run.run_id} is still going")
+    if going := run_in_flight(context, JOB):
+        return dg.SkipReason(f"probe run {going} is still going")
     return dg.SensorResult(run_requests=[probe_every_node(partitions)])
